@@ -1,0 +1,141 @@
+"""The `llmsys` command.
+
+    llmsys generate --model DIR [--dtype auto] [--max-tokens 64] [--temperature 0] "prompt"
+    llmsys chat --model DIR                 # interactive; tokens stream as they come
+    llmsys tiny-checkpoint DIR --family llama [--hidden-size 256 --layers 4 ...]
+
+Errors a user can cause (bad paths, bad values) print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from llmsys.errors import CheckpointError, TemplateError
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="checkpoint directory (Hugging Face layout)")
+    p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--max-model-len", type=int, default=None)
+
+
+def _add_sampling_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
+    p.add_argument("--max-tokens", type=int, default=max_tokens)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--min-p", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=None)
+
+
+def _sampling_params(args: argparse.Namespace):
+    from llmsys import SamplingParams
+
+    return SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                          min_p=args.min_p, max_tokens=args.max_tokens, seed=args.seed)
+
+
+def _load(args: argparse.Namespace):
+    from llmsys import LLM
+
+    return LLM(args.model, dtype=args.dtype, device=args.device, max_model_len=args.max_model_len)
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    params = _sampling_params(args)  # validate before the (slow) load
+    llm = _load(args)
+    start = time.perf_counter()
+    out = llm.generate(args.prompt, params)[0]
+    elapsed = time.perf_counter() - start
+    print(out.text)
+    n = len(out.token_ids)
+    print(f"[{len(out.prompt_token_ids)} prompt tokens, {n} generated in {elapsed:.2f} s: "
+          f"{n / elapsed:.1f} tokens/s, finish_reason={out.finish_reason}]", file=sys.stderr)
+
+
+def cmd_chat(args: argparse.Namespace) -> None:
+    params = _sampling_params(args)
+    llm = _load(args)
+    messages: list[dict] = [{"role": "system", "content": args.system}] if args.system else []
+    print("Chatting with", args.model, "- an empty line or Ctrl-D ends.", file=sys.stderr)
+    while True:
+        try:
+            user = input("> ")
+        except EOFError:
+            break
+        if not user.strip():
+            break
+        messages.append({"role": "user", "content": user})
+        reply = []
+        try:
+            for event in llm.stream(llm.render_chat(messages), params):
+                reply.append(event.text)
+                print(event.text, end="", flush=True)
+        except ValueError as e:  # e.g. the conversation outgrew the context: say so, go on
+            print(f"error: {e}", file=sys.stderr)
+            messages.pop()
+            continue
+        print()
+        messages.append({"role": "assistant", "content": "".join(reply)})
+
+
+def cmd_tiny_checkpoint(args: argparse.Namespace) -> None:
+    from llmsys.testing import make_tiny_checkpoint
+
+    overrides = {"hidden_size": args.hidden_size, "intermediate_size": args.intermediate_size,
+                 "num_hidden_layers": args.layers, "num_attention_heads": args.heads,
+                 "num_key_value_heads": args.kv_heads}
+    path = make_tiny_checkpoint(args.family, args.path, seed=args.seed, dtype=args.dtype,
+                                **overrides)
+    print(f"wrote a random-weight {args.family} checkpoint to {path}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llmsys", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("generate", help="complete one prompt and print the text and tokens/s")
+    _add_model_args(p)
+    _add_sampling_args(p, max_tokens=64)
+    p.add_argument("prompt")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("chat", help="chat interactively with a model, streaming its replies")
+    _add_model_args(p)
+    _add_sampling_args(p, max_tokens=256)
+    p.add_argument("--system", default=None, help="a system message")
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("tiny-checkpoint", help="write a small random-weight checkpoint")
+    p.add_argument("path")
+    p.add_argument("--family", default="llama",
+                   choices=["llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen3_moe"])
+    p.add_argument("--hidden-size", type=int, default=256)
+    p.add_argument("--intermediate-size", type=int, default=768)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--kv-heads", type=int, default=4)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_tiny_checkpoint)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (CheckpointError, TemplateError, ValueError, OSError) as e:
+        print(f"llmsys {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The inference engine: sampling (and, later, scheduling and the paged KV cache)."""

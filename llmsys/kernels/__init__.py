@@ -1,0 +1,1 @@
+"""Compute kernels: attention (reference path for now)."""

@@ -1,0 +1,1 @@
+"""Transformer core: config, layers, rotary embeddings, MoE, checkpoint and tokenizer loading."""
