@@ -275,8 +275,12 @@ def make_tiny_checkpoint(family: str, path: str | os.PathLike, *, seed: int = 0,
     make_tiny_tokenizer(out)
     tok = Tokenizer.from_file(str(out / "tokenizer.json"))
     eos = [tok.token_to_id("<|im_end|>"), tok.token_to_id("<|endoftext|>")]
-    hf_config = tiny_hf_config(family, tok.get_vocab_size(with_added_tokens=True),
-                               bos_token_id=None, eos_token_id=eos[0], dtype=dtype, **overrides)
+    vocab_size = overrides.pop("vocab_size", tok.get_vocab_size(with_added_tokens=True))
+    if vocab_size < tok.get_vocab_size(with_added_tokens=True):
+        raise ValueError(f"vocab_size={vocab_size} is smaller than the tokenizer's "
+                         f"{tok.get_vocab_size(with_added_tokens=True)} tokens")
+    hf_config = tiny_hf_config(family, vocab_size, bos_token_id=None, eos_token_id=eos[0],
+                               dtype=dtype, **overrides)
     model = Transformer(ModelConfig.from_hf(hf_config))
     init_random_weights(model, seed)
     save_checkpoint(model.to(DTYPES[dtype]), hf_config, out, max_shard_bytes=max_shard_bytes)
