@@ -5,7 +5,9 @@
 Builds a ~110M-parameter Llama-shaped random checkpoint (hidden 768, 12 layers, 12 heads,
 intermediate 2048, vocab 16384), then times one prefill forward (prompt in, last-position
 logits out, no KV cache kept) in each library, alternating them, and prints medians and the
-ratio llmsys / transformers. Results go to benchmarks/results/forward.json.
+ratio llmsys / transformers. llmsys's model is `LLM(path, dtype=...).model`, so it includes
+what `LLM` applies on load (on CPUs without native half-precision arithmetic, float32
+compute for half-precision prefill matmuls). Results go to benchmarks/results/forward.json.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from llmsys.model.checkpoint import load_model
+from llmsys import LLM
 from llmsys.testing import make_tiny_checkpoint
 
 SHAPE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
@@ -40,7 +42,8 @@ def bench_dtype(path: Path, dtype: str, tokens: int, repeats: int) -> dict:
     import transformers
 
     torch_dtype = getattr(torch, dtype)
-    ours, cfg = load_model(path, dtype=dtype)
+    llm = LLM(path, dtype=dtype)  # the model exactly as users get it
+    ours, cfg = llm.model, llm.config
     hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).eval()
     ids = torch.randint(0, cfg.vocab_size, (1, tokens), generator=torch.Generator().manual_seed(0))
     pos = torch.arange(tokens)[None]

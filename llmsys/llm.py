@@ -19,10 +19,12 @@ from typing import Any
 
 import torch
 
+from llmsys.engine.output_text import OutputText
 from llmsys.engine.sampler import make_generator, sample, top_logprobs
+from llmsys.kernels.cpu_half import use_fast_half_matmul
 from llmsys.model.checkpoint import load_model, read_json
 from llmsys.model.kv_cache import ContiguousKVCache
-from llmsys.model.tokenizer import IncrementalDetokenizer, Tokenizer
+from llmsys.model.tokenizer import Tokenizer
 from llmsys.outputs import CompletionOutput, PositionLogprobs, RequestOutput
 from llmsys.sampling_params import SamplingParams
 
@@ -46,6 +48,7 @@ class LLM:
                  device: str | torch.device = "cpu", max_model_len: int | None = None):
         self.model, self.config = load_model(model, dtype=dtype, device=device)
         self.device = torch.device(device)
+        use_fast_half_matmul(self.model)  # a no-op unless half precision on a CPU that gains
         self.tokenizer = Tokenizer.from_dir(model)
         gen_path = Path(model) / "generation_config.json"
         self.generation_config = read_json(gen_path) if gen_path.exists() else {}
@@ -54,10 +57,8 @@ class LLM:
             raise ValueError(f"max_model_len={max_model_len} is invalid: must be in [1, {limit}] "
                              "(the model's context length from config.json)")
         self.max_model_len = max_model_len or limit
+        # The tokenizer's EOS ids already include generation_config.json's.
         self.eos_token_ids = set(self.tokenizer.eos_token_ids) | set(self.config.eos_token_ids)
-        gen_eos = self.generation_config.get("eos_token_id")
-        self.eos_token_ids |= set(gen_eos if isinstance(gen_eos, list) else
-                                  [] if gen_eos is None else [gen_eos])
 
     # ---- public API -------------------------------------------------------------------
 
@@ -97,15 +98,14 @@ class LLM:
     def stream(self, prompt: Prompt, sampling_params: SamplingParams) -> Iterator[StreamEvent]:
         """Yield tokens of one completion as they are generated."""
         _, ids = self._prepare(prompt)
-        generator = make_generator(sampling_params.seed)
+        generator = make_generator(sampling_params.seed, self.device)
         yield from self._decode(ids, sampling_params, generator, None, None)
 
     def default_sampling_params(self) -> SamplingParams:
         """Defaults from generation_config.json, as vLLM does when none are given."""
         g = self.generation_config
-        keys = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k",
-                "min_p": "min_p"}
-        found = {ours: g[theirs] for ours, theirs in keys.items() if g.get(theirs) is not None}
+        found = {k: g[k] for k in ("temperature", "top_p", "top_k", "min_p")
+                 if g.get(k) is not None}
         if g.get("do_sample") is False:
             found["temperature"] = 0.0
         return SamplingParams(**found)
@@ -154,34 +154,25 @@ class LLM:
 
     def _run(self, index: int, text: str | None, ids: list[int],
              params: SamplingParams) -> RequestOutput:
-        generator = make_generator(params.seed)
+        generator = make_generator(params.seed, self.device)
         prompt_lps: list[PositionLogprobs | None] | None = None
         completions = []
         for i in range(params.n):
             lps: list[PositionLogprobs] | None = [] if params.logprobs is not None else None
             want_prompt_lps = params.prompt_logprobs is not None and i == 0
             prompt_out: list = [] if want_prompt_lps else None
-            tokens, finish, stop_reason = [], None, None
+            tokens, pieces, finish, stop_reason = [], [], None, None
             for ev in self._decode(ids, params, generator, prompt_out, lps):
                 tokens.append(ev.token_id)
-                finish = ev.finish_reason
-                stop_reason = ev.stop_reason
+                pieces.append(ev.text)
+                finish, stop_reason = ev.finish_reason, ev.stop_reason
             if want_prompt_lps:
                 prompt_lps = prompt_out
-            out_text = self._completion_text(tokens, ids, params)
+            out_text = "".join(pieces)
             cumulative = sum(d[t].logprob for d, t in zip(lps, tokens)) if lps else None
             completions.append(CompletionOutput(i, out_text, tokens, cumulative, lps, finish,
                                                 stop_reason))
         return RequestOutput(str(index), text, ids, prompt_lps, completions)
-
-    def _completion_text(self, tokens: list[int], prompt_ids: list[int],
-                         params: SamplingParams) -> str:
-        text = self.tokenizer.decode(tokens, skip_special_tokens=params.skip_special_tokens)
-        for s in params.stop:  # a stop string ends the text (it is not included)
-            cut = text.find(s)
-            if cut != -1:
-                text = text[:cut]
-        return text
 
     @torch.inference_mode()
     def _decode(self, prompt_ids: list[int], params: SamplingParams,
@@ -201,34 +192,29 @@ class LLM:
             prompt_logprobs_out.extend(self._prompt_logprobs(hidden, prompt_ids,
                                                              params.prompt_logprobs))
         logits = self.model.logits(hidden[-1])
-        detok = IncrementalDetokenizer(self.tokenizer, prompt_ids, params.skip_special_tokens)
-        text_so_far = ""
+        text = OutputText(self.tokenizer, prompt_ids, params.stop, params.skip_special_tokens)
         stop_ids = set(params.stop_token_ids)
         eos = set() if params.ignore_eos else self.eos_token_ids
         for step in range(max_new):
             # 2. Sample the next token (EOS and stop ids are barred until min_tokens).
+            allowed = logits
             if step < params.min_tokens and (eos or stop_ids):
-                logits = logits.clone()
-                logits[list(eos | stop_ids)] = float("-inf")
-            token = sample(logits, params, generator)
-            if logprobs_out is not None:
+                allowed = logits.index_fill(0, torch.tensor(sorted(eos | stop_ids), device=dev),
+                                            float("-inf"))
+            token = sample(allowed, params, generator)
+            if logprobs_out is not None:  # of the raw distribution, as vLLM reports them
                 lp = torch.log_softmax(logits.float(), -1)[None]
                 logprobs_out.extend(top_logprobs(lp, torch.tensor([token], device=dev),
                                                  params.logprobs, self._decode_token))
-            delta = detok.push(token)
-            text_so_far += delta
             # 3. Check stop conditions.
             finish, reason = None, None
             if token in eos or token in stop_ids:
                 finish, reason = "stop", (token if token in stop_ids else None)
-            else:
-                hit = next((s for s in params.stop if s in text_so_far), None)
-                if hit is not None:
-                    finish, reason = "stop", hit
-                elif step == max_new - 1:
-                    finish = "length"
-            if finish:
-                delta += detok.flush()
+            elif step == max_new - 1:
+                finish = "length"
+            delta = text.push(token, last=finish is not None)
+            if text.stop_hit is not None:
+                finish, reason = "stop", text.stop_hit
             yield StreamEvent(token, delta, finish, reason)
             if finish:
                 return

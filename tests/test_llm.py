@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import json
 
 import pytest
 import torch
@@ -64,6 +65,26 @@ def test_stop_string_is_cut_from_text(llm):
     assert out.finish_reason == "stop" and out.outputs[0].stop_reason == stop
     assert out.text == full.text[:full.text.find(stop)]
     assert stop not in out.text
+    # Streaming shows exactly the same text, never a piece of the stop string.
+    events = list(llm.stream("Once", SamplingParams(temperature=0, max_tokens=24,
+                                                    ignore_eos=True, stop=[stop])))
+    assert "".join(e.text for e in events) == out.text
+    assert [e.token_id for e in events] == out.token_ids
+    assert events[-1].finish_reason == "stop" and events[-1].stop_reason == stop
+
+
+def test_generation_config_gives_the_defaults(tmp_path):
+    path = make_tiny_checkpoint("llama", tmp_path)
+    config = json.loads((path / "generation_config.json").read_text())
+    config.update(do_sample=True, temperature=0.7, top_k=20, top_p=0.9)
+    (path / "generation_config.json").write_text(json.dumps(config))
+    llm = LLM(path)
+    params = llm.default_sampling_params()
+    assert (params.temperature, params.top_k, params.top_p) == (0.7, 20, 0.9)
+    assert llm.eos_token_ids == set(config["eos_token_id"])
+    config["do_sample"] = False
+    (path / "generation_config.json").write_text(json.dumps(config))
+    assert LLM(path).default_sampling_params().temperature == 0
 
 
 def test_seed_reproducible_and_independent(llm):
@@ -164,3 +185,21 @@ def test_sampler_filters_match_their_definitions():
         assert f == pytest.approx(expected[t].item(), abs=0.03)
     # Greedy is exact argmax.
     assert sample(logits, SamplingParams(temperature=0), make_generator(0)) == 0
+
+
+def test_min_tokens_bars_eos(llm):
+    greedy = llm.generate([[9, 8, 7]], SamplingParams(temperature=0, max_tokens=6,
+                                                      ignore_eos=True))[0]
+    first = greedy.token_ids[0]
+    saved = llm.eos_token_ids
+    llm.eos_token_ids = {first}
+    try:
+        stopped = llm.generate([[9, 8, 7]], SamplingParams(temperature=0, max_tokens=6))[0]
+        assert stopped.token_ids == [first] and stopped.finish_reason == "stop"
+        held = llm.generate([[9, 8, 7]], SamplingParams(temperature=0, max_tokens=6,
+                                                        min_tokens=3, logprobs=0))[0]
+        assert first not in held.token_ids[:3] and len(held.token_ids) >= 3
+        # Logprobs stay those of the raw distribution: the barred token was the most likely.
+        assert held.logprobs[0][held.token_ids[0]].rank == 2
+    finally:
+        llm.eos_token_ids = saved
