@@ -19,6 +19,7 @@ $(DEMO)/config.json: | $(STAMP)
 	$(BIN)/llmsys tiny-checkpoint $(DEMO) --family llama
 
 run: $(STAMP) $(DEMO)/config.json
+	@echo "Generating from $(DEMO) (random weights: the text is noise, the speed is real)"
 	$(BIN)/llmsys generate --model $(DEMO) --max-tokens 48 --temperature 0.8 --seed 0 \
 		"The quick brown fox"
 

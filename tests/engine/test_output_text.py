@@ -5,15 +5,11 @@ from __future__ import annotations
 import pytest
 
 from llmsys.engine.output_text import OutputText
-from llmsys.model.tokenizer import Tokenizer
-from llmsys.testing import make_tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tok")
-    make_tiny_tokenizer(path)
-    return Tokenizer.from_dir(path)
+def tokenizer(tok):
+    return tok
 
 
 def _stream(tokenizer, text, stop):

@@ -11,7 +11,7 @@ import pytest
 
 from llmsys.errors import TemplateError
 from llmsys.model.tokenizer import Tokenizer
-from llmsys.testing import CHAT_TEMPLATE, make_tiny_tokenizer
+from llmsys.testing import CHAT_TEMPLATE
 
 transformers = pytest.importorskip("transformers")
 jinja2 = pytest.importorskip("jinja2")
@@ -156,23 +156,6 @@ PLAIN_CONVERSATION = [
     {"role": "user", "content": "Three"},
     {"role": "assistant", "content": "Four"},
 ]
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("tiny_tokenizer")
-    make_tiny_tokenizer(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def tok(tiny_dir: Path) -> Tokenizer:
-    return Tokenizer.from_dir(tiny_dir)
-
-
-@pytest.fixture(scope="module")
-def hf(tiny_dir: Path):
-    return transformers.AutoTokenizer.from_pretrained(tiny_dir)
 
 
 def _variant(tiny_dir: Path, dest: Path, jinja_file: str | None = None, **config: object) -> Path:

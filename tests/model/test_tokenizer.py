@@ -31,23 +31,6 @@ TEXTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("tiny_tokenizer")
-    make_tiny_tokenizer(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def tok(tiny_dir: Path) -> Tokenizer:
-    return Tokenizer.from_dir(tiny_dir)
-
-
-@pytest.fixture(scope="module")
-def hf(tiny_dir: Path):
-    return transformers.AutoTokenizer.from_pretrained(tiny_dir)
-
-
 def _copy(tiny_dir: Path, dest: Path) -> Path:
     shutil.copytree(tiny_dir, dest)
     return dest
