@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from llmsys.outputs import Logprob, PositionLogprobs
@@ -39,7 +41,7 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
 
 
 def top_logprobs(logprobs: torch.Tensor, token_ids: torch.Tensor, k: int,
-                 decode: callable) -> list[PositionLogprobs]:
+                 decode: Callable[[int], str]) -> list[PositionLogprobs]:
     """logprobs (T, V) log-softmaxed; token_ids (T,) the tokens actually at each position.
     Returns one dict per position: the top-k tokens and the actual token, with ranks."""
     out: list[PositionLogprobs] = []
@@ -55,3 +57,14 @@ def top_logprobs(logprobs: torch.Tensor, token_ids: torch.Tensor, k: int,
                 entry.setdefault(i, Logprob(lp, r + 1, decode(i)))
         out.append(entry)
     return out
+
+
+def sample_batch(logits: torch.Tensor, params: list[SamplingParams],
+                 generators: list[torch.Generator]) -> list[int]:
+    """logits (S, V) -> one token per row. Greedy rows are one batched argmax; the others
+    sample with their own generator, so a row's result never depends on its neighbours."""
+    tokens = logits.argmax(-1).tolist()
+    for i, (p, g) in enumerate(zip(params, generators)):
+        if not p.greedy:
+            tokens[i] = sample(logits[i], p, g)
+    return tokens
