@@ -70,6 +70,9 @@ class Scheduler:
             n = min(seq.num_uncomputed_tokens, budget)
             self._free_outside_window(seq)
             if not self.blocks.can_allocate(seq, n):
+                # Only running sequences hold blocks: give the prefix back until admitted.
+                self.blocks.free_sequence(seq)
+                seq.num_computed_tokens = 0
                 break
             self.waiting.popleft()
             seq.status = Status.RUNNING
