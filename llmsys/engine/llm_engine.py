@@ -78,8 +78,10 @@ class LLMEngine:
                              f"[1, {limit}] (the model's context length from config.json)")
         self.max_model_len = config.max_model_len or limit
         per_block = ModelRunner.kv_bytes_per_block(model, config.block_size)
-        num_blocks = config.num_kv_blocks or (
-            (config.kv_cache_memory_bytes or DEFAULT_KV_CACHE_BYTES) // per_block)
+        # Never more than max_num_seqs full-length sequences could use.
+        useful = config.max_num_seqs * -(-self.max_model_len // config.block_size)
+        num_blocks = config.num_kv_blocks or min(
+            (config.kv_cache_memory_bytes or DEFAULT_KV_CACHE_BYTES) // per_block, useful)
         if num_blocks < 1:
             raise ValueError(f"kv_cache_memory_bytes={config.kv_cache_memory_bytes} holds no "
                              f"KV block: one block takes {per_block} bytes")

@@ -16,7 +16,7 @@ import torch
 
 from llmsys.engine.sampler import top_logprobs
 from llmsys.engine.scheduler import ScheduledSeq
-from llmsys.kernels.attention import PagedBatch, paged_attention
+from llmsys.kernels.attention import PagedBatch, paged_attention, write_kv
 from llmsys.model.transformer import Transformer
 from llmsys.outputs import PositionLogprobs
 
@@ -26,16 +26,15 @@ class PagedKVCache:
     slots, then attends over each sequence's blocks."""
 
     def __init__(self, k_caches: list[torch.Tensor], v_caches: list[torch.Tensor],
-                 slot_mapping: torch.Tensor, batch: PagedBatch):
+                 slot_blocks: torch.Tensor, slot_offsets: torch.Tensor, batch: PagedBatch):
         self.k_caches, self.v_caches = k_caches, v_caches
-        self.slot_mapping, self.batch = slot_mapping, batch
+        self.slot_blocks, self.slot_offsets, self.batch = slot_blocks, slot_offsets, batch
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                positions: torch.Tensor, window: int | None) -> torch.Tensor:
-        kc, vc = self.k_caches[layer], self.v_caches[layer]  # (blocks, block_size, Hkv, D)
+        kc, vc = self.k_caches[layer], self.v_caches[layer]  # (blocks, Hkv, block_size, D)
         k, v = k[0], v[0]  # (N, Hkv, D)
-        kc.view(-1, *k.shape[1:]).index_copy_(0, self.slot_mapping, k)
-        vc.view(-1, *v.shape[1:]).index_copy_(0, self.slot_mapping, v)
+        write_kv(kc, vc, k, v, self.slot_blocks, self.slot_offsets)
         return paged_attention(q[0], kc, vc, self.batch, window, k_new=k, v_new=v)[None]
 
 
@@ -50,7 +49,7 @@ class ModelRunner:
                  decode_token: Callable[[int], str]):
         cfg = model.config
         param = model.embed_tokens.weight
-        shape = (num_blocks, block_size, cfg.num_kv_heads, cfg.head_dim)
+        shape = (num_blocks, cfg.num_kv_heads, block_size, cfg.head_dim)
         self.k_caches = [torch.zeros(shape, dtype=param.dtype, device=param.device)
                          for _ in range(cfg.num_layers)]
         self.v_caches = [torch.zeros_like(k) for k in self.k_caches]
@@ -66,7 +65,7 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, batch: list[ScheduledSeq]) -> StepResult:
         # 1. Flatten the batch: token ids, positions, cache slots, per-sequence spans.
-        ids, positions, slots, q_starts, q_lens, ctx_lens = [], [], [], [], [], []
+        ids, positions, blocks, q_starts, q_lens, ctx_lens = [], [], [], [], [], []
         bs = self.block_size
         for item in batch:
             seq, n = item.seq, item.num_tokens
@@ -74,7 +73,7 @@ class ModelRunner:
             q_starts.append(len(ids))
             ids += seq.token_ids[start:start + n]
             positions += range(start, start + n)
-            slots += [seq.block_table[p // bs] * bs + p % bs for p in range(start, start + n)]
+            blocks += [seq.block_table[p // bs] for p in range(start, start + n)]
             q_lens.append(n)
             ctx_lens.append(start + n)
         width = max(len(item.seq.block_table) for item in batch)
@@ -82,11 +81,11 @@ class ModelRunner:
                                for item in batch], dtype=torch.long, device=self.device)
         paged = PagedBatch(q_starts, q_lens, ctx_lens, tables)
         dev = self.device
+        pos = torch.tensor(positions, device=dev)
         cache = PagedKVCache(self.k_caches, self.v_caches,
-                             torch.tensor(slots, dtype=torch.long, device=dev), paged)
+                             torch.tensor(blocks, dtype=torch.long, device=dev), pos % bs, paged)
         # 2. One forward over all tokens.
-        hidden = self.model.hidden_states(torch.tensor([ids], device=dev),
-                                          torch.tensor([positions], device=dev), cache)[0]
+        hidden = self.model.hidden_states(torch.tensor([ids], device=dev), pos[None], cache)[0]
         # 3. Logits only where needed.
         rows = [q_starts[i] + q_lens[i] - 1 for i, item in enumerate(batch) if item.samples]
         logits = self.model.logits(hidden[rows]).float()

@@ -12,13 +12,15 @@ with a sliding window w, i - j < w.
   skipped. Decoding sequences (one query each) are processed together, prefilling ones one
   by one in query tiles.
 
-The paged cache is one (num_blocks, block_size, Hkv, D) tensor per layer for keys and one
-for values; a sequence's block table lists its blocks in position order (-1 for blocks that
-fell out of a sliding window and were freed).
+The paged cache is one (num_blocks, Hkv, block_size, D) tensor per layer for keys and one
+for values (head-major inside a block, so a gathered run of blocks feeds batched matmuls
+without a layout copy); a sequence's block table lists its blocks in position order (-1 for
+blocks that fell out of a sliding window and were freed).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -73,50 +75,61 @@ class PagedBatch:
         return len(self.q_lens)
 
 
-def _slots(block_table: torch.Tensor, positions: torch.Tensor, block_size: int) -> torch.Tensor:
-    """Flat cache slots of `positions` (any shape, same leading dims as block_table rows)."""
-    blocks = block_table.gather(-1, (positions // block_size).clamp(min=0))
-    # Masked-out positions may point at freed blocks (-1): clamp to a valid slot.
-    return (blocks * block_size + positions % block_size).clamp(min=0)
+def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+             blocks: torch.Tensor, offsets: torch.Tensor) -> None:
+    """Store k/v (N, Hkv, D) of N tokens at (block, offset) in caches (blocks, Hkv, bs, D)."""
+    k_cache[blocks, :, offsets] = k
+    v_cache[blocks, :, offsets] = v
+
+
+def _gather_blocks(cache: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+    """(blocks, Hkv, bs, D) cache, n block ids -> (n * bs, Hkv, D) keys in position order."""
+    g = cache[blocks.clamp(min=0)]  # (n, Hkv, bs, D)
+    return g.transpose(1, 2).reshape(-1, cache.shape[1], cache.shape[3])
 
 
 def paged_attention_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                               batch: PagedBatch, window: int | None) -> torch.Tensor:
     """q (N, Hq, D) -> (N, Hq, D): per sequence, gather all keys and run masked SDPA."""
-    block_size = k_cache.shape[1]
-    k_flat, v_flat = k_cache.flatten(0, 1), v_cache.flatten(0, 1)
+    block_size = k_cache.shape[2]
     out = torch.empty_like(q)
     for i in range(batch.num_seqs):
         start, n, ctx = batch.q_starts[i], batch.q_lens[i], batch.context_lens[i]
+        table = batch.block_tables[i, :-(-ctx // block_size)]
         k_pos = torch.arange(ctx, device=q.device)
         visible = k_pos > ctx - n - (window or ctx + 1)  # only keys someone can still see
-        k_pos = k_pos[visible]
-        slots = _slots(batch.block_tables[i], k_pos, block_size)
+        k = _gather_blocks(k_cache, table)[:ctx][visible]
+        v = _gather_blocks(v_cache, table)[:ctx][visible]
         q_pos = torch.arange(ctx - n, ctx, device=q.device)
-        out[start:start + n] = attention(q[None, start:start + n], k_flat[slots][None],
-                                         v_flat[slots][None], q_pos[None], k_pos[None],
-                                         window)[0]
+        out[start:start + n] = attention(q[None, start:start + n], k[None], v[None],
+                                         q_pos[None], k_pos[visible][None], window)[0]
     return out
 
 
 class _OnlineSoftmax:
-    """Running max m, normaliser l and accumulator acc of softmax(scores) @ values."""
+    """Running max m, normaliser l and accumulator acc of softmax(scores) @ values, one row
+    per query (and head). Per key tile: `shift = rescale(tile_max)`, then
+    `add(p.sum(), p @ v)` with p = exp(scores - shift)."""
 
     def __init__(self, shape: tuple[int, ...], dim: int, device: torch.device):
         self.m = torch.full(shape, float("-inf"), device=device)
         self.l = torch.zeros(shape, device=device)
         self.acc = torch.zeros(*shape, dim, device=device)
 
-    def update(self, scores: torch.Tensor, values: torch.Tensor) -> None:
-        """scores (..., Tk) float32 with -inf where masked; values (..., Tk, D)."""
-        m_new = torch.maximum(self.m, scores.amax(-1))
+    def rescale(self, tile_max: torch.Tensor) -> torch.Tensor:
+        """Raise the running max to cover the new tile; returns the shift for its exp."""
+        m_new = torch.maximum(self.m, tile_max)
         # Rows that have seen only masked keys keep m = -inf; shift by 0 there to avoid NaN.
         shift = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)
-        p = torch.exp(scores - shift[..., None])
         scale = torch.exp(self.m - shift)
-        self.l = self.l * scale + p.sum(-1)
-        self.acc = self.acc * scale[..., None] + p @ values
+        self.l = self.l * scale
+        self.acc = self.acc * scale[..., None]
         self.m = m_new
+        return shift
+
+    def add(self, p_sum: torch.Tensor, pv: torch.Tensor) -> None:
+        self.l = self.l + p_sum
+        self.acc = self.acc + pv
 
     def result(self) -> torch.Tensor:
         return self.acc / self.l[..., None]
@@ -128,10 +141,10 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
                     v_new: torch.Tensor | None = None) -> torch.Tensor:
     """Tiled online-softmax attention over the paged cache. q (N, Hq, D) -> (N, Hq, D).
 
-    `tile` is the query and key tile of prefills, `decode_tile` the key tile of decodes.
-    Given this step's own keys/values `k_new`/`v_new` (N, Hkv, D), a sequence with no
-    earlier context and no window takes SDPA's causal flash kernel instead (also free of
-    a T x T matrix on CPU and GPU, and faster)."""
+    `tile` is the query and key tile of prefills, `decode_tile` the key tile of decodes (in
+    tokens, rounded to whole blocks). Given this step's own keys/values `k_new`/`v_new`
+    (N, Hkv, D), a sequence with no earlier context and no window takes SDPA's causal flash
+    kernel instead (also free of a T x T matrix, and faster)."""
     out = torch.empty_like(q)
     decode = [i for i in range(batch.num_seqs) if batch.q_lens[i] == 1]
     if decode:
@@ -148,48 +161,72 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     return out
 
 
+_WORKSPACE: dict[tuple, torch.Tensor] = {}
+
+
+def _workspace(name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """A reusable buffer: gathering into fresh 100 MB tensors every layer costs more in
+    page faults than the copy itself."""
+    key = (name, like.dtype, like.device)
+    numel = math.prod(shape)
+    buf = _WORKSPACE.get(key)
+    if buf is None or buf.numel() < numel:
+        buf = _WORKSPACE[key] = torch.empty(numel, dtype=like.dtype, device=like.device)
+    return buf[:numel].view(shape)
+
+
 def _decode_tiled(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                   batch: PagedBatch, seqs: list[int], window: int | None, out: torch.Tensor,
                   tile: int) -> None:
-    """One query per sequence; all of them walk their keys together, tile by tile."""
-    dev, block_size = q.device, k_cache.shape[1]
+    """One query per sequence; all of them walk their blocks together, a tile of block-table
+    columns at a time, gathered block-wise into a reusable workspace. Scores are computed
+    per block, (S, W, Hkv, G, bs), so no gathered tensor needs a layout copy."""
+    dev, bs = q.device, k_cache.shape[2]
     S, Hq, D = len(seqs), q.shape[1], q.shape[2]
-    Hkv = k_cache.shape[2]
+    Hkv = k_cache.shape[1]
     G = Hq // Hkv
-    k_flat, v_flat = k_cache.flatten(0, 1), v_cache.flatten(0, 1)
     idx = torch.tensor([batch.q_starts[i] for i in seqs], device=dev)
-    ctx = torch.tensor([batch.context_lens[i] for i in seqs], device=dev)
-    tables = batch.block_tables[torch.tensor(seqs, device=dev)]
-    qs = q[idx].float().view(S, Hkv, G, D) * D ** -0.5  # (S, Hkv, G, D)
-    q_pos = ctx - 1
+    q_pos = torch.tensor([batch.context_lens[i] for i in seqs], device=dev) - 1
+    tables = batch.block_tables[torch.tensor(seqs, device=dev)].clamp(min=0)
+    qs = (q[idx].float() * D ** -0.5).view(S, 1, Hkv, G, D)
+    end = max(batch.context_lens[i] for i in seqs)
     lo = 0 if window is None else max(0, min(batch.context_lens[i] for i in seqs) - window)
-    lo -= lo % tile
+    cols = max(1, tile // bs)  # block-table columns per tile
+    half = k_cache.dtype != torch.float32
     state = _OnlineSoftmax((S, Hkv, G), D, dev)
-    for start in range(lo, max(batch.context_lens[i] for i in seqs), tile):
-        k_pos = torch.arange(start, start + tile, device=dev).expand(S, tile)  # (S, t)
-        visible = k_pos <= q_pos[:, None]
+    for c0 in range(lo // bs, -(-end // bs), cols):
+        c1 = min(c0 + cols, -(-end // bs))
+        W = c1 - c0
+        ids = tables[:, c0:c1].reshape(-1)
+        k = torch.index_select(k_cache, 0, ids, out=_workspace("k", (S * W, Hkv, bs, D),
+                                                                k_cache)).view(S, W, Hkv, bs, D)
+        v = torch.index_select(v_cache, 0, ids, out=_workspace("v", (S * W, Hkv, bs, D),
+                                                                v_cache)).view(S, W, Hkv, bs, D)
+        if half:
+            k, v = k.float(), v.float()
+        k_pos = torch.arange(c0 * bs, c1 * bs, device=dev).view(1, W, 1, 1, bs)
+        visible = k_pos <= q_pos.view(S, 1, 1, 1, 1)
         if window is not None:
-            visible &= k_pos > (q_pos - window)[:, None]
-        slots = _slots(tables, torch.where(visible, k_pos, 0), block_size)
-        k = k_flat[slots].float().permute(0, 2, 3, 1)  # (S, Hkv, D, t)
-        v = v_flat[slots].float().transpose(1, 2)  # (S, Hkv, t, D)
-        scores = (qs @ k).masked_fill(~visible[:, None, None, :], float("-inf"))
-        state.update(scores, v)
+            visible &= k_pos > (q_pos - window).view(S, 1, 1, 1, 1)
+        scores = (qs @ k.transpose(-1, -2)).masked_fill(~visible, float("-inf"))
+        shift = state.rescale(scores.amax((1, 4)))  # scores: (S, W, Hkv, G, bs)
+        p = torch.exp(scores - shift[:, None, :, :, None])
+        state.add(p.sum((1, 4)), (p @ v).sum(1))
     out[idx] = state.result().view(S, Hq, D).to(out.dtype)
 
 
 def _prefill_tiled(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                    batch: PagedBatch, i: int, window: int | None, out: torch.Tensor,
                    tile: int) -> None:
-    """Queries of one sequence in tiles; each query tile visits only the key tiles its
-    causal window can see."""
-    dev, block_size = q.device, k_cache.shape[1]
-    Hq, D, Hkv = q.shape[1], q.shape[2], k_cache.shape[2]
+    """Queries of one sequence in tiles; each query tile visits only the key tiles (whole
+    blocks) its causal window can see."""
+    dev, bs = q.device, k_cache.shape[2]
+    Hq, D, Hkv = q.shape[1], q.shape[2], k_cache.shape[1]
     G = Hq // Hkv
-    k_flat, v_flat = k_cache.flatten(0, 1), v_cache.flatten(0, 1)
     start, n, ctx = batch.q_starts[i], batch.q_lens[i], batch.context_lens[i]
     table = batch.block_tables[i]
     first_pos = ctx - n
+    cols = max(1, tile // bs)
     for q0 in range(0, n, tile):
         q1 = min(q0 + tile, n)
         q_pos = torch.arange(first_pos + q0, first_pos + q1, device=dev)  # (tq,)
@@ -198,16 +235,19 @@ def _prefill_tiled(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
         qs = (q[start + q0:start + q1].float() * D ** -0.5).view(tq, Hkv, G, D)
         qs = qs.permute(1, 2, 0, 3).reshape(Hkv, G * tq, D)
         k_lo = 0 if window is None else max(0, first_pos + q0 - window + 1)
+        last_block = -(-(first_pos + q1) // bs)
         state = _OnlineSoftmax((Hkv, G * tq), D, dev)
-        for k0 in range(k_lo - k_lo % tile, first_pos + q1, tile):
-            k_pos = torch.arange(k0, min(k0 + tile, first_pos + q1), device=dev)  # (tk,)
+        for c0 in range(k_lo // bs, last_block, cols):
+            c1 = min(c0 + cols, last_block)
+            k_pos = torch.arange(c0 * bs, c1 * bs, device=dev)  # (tk,)
             visible = k_pos[None, :] <= q_pos[:, None]  # (tq, tk)
             if window is not None:
                 visible &= k_pos[None, :] > q_pos[:, None] - window
-            slots = _slots(table, torch.where(visible.any(0), k_pos, 0), block_size)
-            k = k_flat[slots].float().permute(1, 2, 0)  # (Hkv, D, tk)
-            v = v_flat[slots].float().transpose(0, 1)  # (Hkv, tk, D)
-            scores = (qs @ k).view(Hkv, G, tq, -1).masked_fill(~visible, float("-inf"))
-            state.update(scores.view(Hkv, G * tq, -1), v)
+            k = _gather_blocks(k_cache, table[c0:c1]).float().transpose(0, 1)  # (Hkv, tk, D)
+            v = _gather_blocks(v_cache, table[c0:c1]).float().transpose(0, 1)
+            scores = (qs @ k.transpose(1, 2)).view(Hkv, G, tq, -1)
+            scores = scores.masked_fill(~visible, float("-inf")).view(Hkv, G * tq, -1)
+            p = torch.exp(scores - state.rescale(scores.amax(-1))[..., None])
+            state.add(p.sum(-1), p @ v)
         res = state.result().view(Hkv, G, tq, D).permute(2, 0, 1, 3).reshape(tq, Hq, D)
         out[start + q0:start + q1] = res.to(out.dtype)
