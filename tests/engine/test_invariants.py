@@ -36,9 +36,12 @@ def test_blocks_are_never_lost_or_shared_wrongly(checkpoint, ops, caching, block
         if op[0] == "add":
             _, length, max_tokens, family = op
             prompt = [(family * 7 + i) % 50 for i in range(length)]  # shared prefixes
-            engine.add_request(f"r{added}", prompt,
-                               SamplingParams(temperature=0, max_tokens=max_tokens, n=1 +
-                                              family % 2, ignore_eos=True))
+            params = SamplingParams(temperature=0, max_tokens=max_tokens, n=1 + family % 2,
+                                    ignore_eos=True)
+            try:
+                engine.add_request(f"r{added}", prompt, params)
+            except ValueError as e:  # refused up front: it could never fit the cache
+                assert "KV cache" in str(e) and f"r{added}" not in engine.requests
             added += 1
         elif op[0] == "step":
             for _ in range(op[1]):
