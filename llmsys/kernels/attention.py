@@ -171,7 +171,8 @@ def _workspace(name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.T
     numel = math.prod(shape)
     buf = _WORKSPACE.get(key)
     if buf is None or buf.numel() < numel:
-        buf = _WORKSPACE[key] = torch.empty(numel, dtype=like.dtype, device=like.device)
+        with torch.inference_mode(False):  # usable both inside and outside inference mode
+            buf = _WORKSPACE[key] = torch.empty(numel, dtype=like.dtype, device=like.device)
     return buf[:numel].view(shape)
 
 
