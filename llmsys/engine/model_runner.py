@@ -32,7 +32,7 @@ class PagedKVCache:
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                positions: torch.Tensor, window: int | None) -> torch.Tensor:
-        kc, vc = self.k_caches[layer], self.v_caches[layer]  # (blocks, Hkv, block_size, D)
+        kc, vc = self.k_caches[layer], self.v_caches[layer]  # (Hkv, blocks, block_size, D)
         k, v = k[0], v[0]  # (N, Hkv, D)
         write_kv(kc, vc, k, v, self.slot_blocks, self.slot_offsets)
         return paged_attention(q[0], kc, vc, self.batch, window, k_new=k, v_new=v)[None]
@@ -49,7 +49,7 @@ class ModelRunner:
                  decode_token: Callable[[int], str]):
         cfg = model.config
         param = model.embed_tokens.weight
-        shape = (num_blocks, cfg.num_kv_heads, block_size, cfg.head_dim)
+        shape = (cfg.num_kv_heads, num_blocks, block_size, cfg.head_dim)
         self.k_caches = [torch.zeros(shape, dtype=param.dtype, device=param.device)
                          for _ in range(cfg.num_layers)]
         self.v_caches = [torch.zeros_like(k) for k in self.k_caches]

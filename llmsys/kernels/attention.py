@@ -12,10 +12,10 @@ with a sliding window w, i - j < w.
   skipped. Decoding sequences (one query each) are processed together, prefilling ones one
   by one in query tiles.
 
-The paged cache is one (num_blocks, Hkv, block_size, D) tensor per layer for keys and one
-for values (head-major inside a block, so a gathered run of blocks feeds batched matmuls
-without a layout copy); a sequence's block table lists its blocks in position order (-1 for
-blocks that fell out of a sliding window and were freed).
+The paged cache is one (Hkv, num_blocks, block_size, D) tensor per layer for keys and one
+for values: head-major, so gathering a sequence's blocks yields (Hkv, tokens, D) directly,
+ready for batched matmuls without a layout copy. A sequence's block table lists its blocks
+in position order (-1 for blocks that fell out of a sliding window and were freed).
 """
 
 from __future__ import annotations
@@ -77,15 +77,16 @@ class PagedBatch:
 
 def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
              blocks: torch.Tensor, offsets: torch.Tensor) -> None:
-    """Store k/v (N, Hkv, D) of N tokens at (block, offset) in caches (blocks, Hkv, bs, D)."""
-    k_cache[blocks, :, offsets] = k
-    v_cache[blocks, :, offsets] = v
+    """Store k/v (N, Hkv, D) of N tokens at (block, offset) in caches (Hkv, blocks, bs, D)."""
+    k_cache[:, blocks, offsets] = k.transpose(0, 1)
+    v_cache[:, blocks, offsets] = v.transpose(0, 1)
 
 
 def _gather_blocks(cache: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
-    """(blocks, Hkv, bs, D) cache, n block ids -> (n * bs, Hkv, D) keys in position order."""
-    g = cache[blocks.clamp(min=0)]  # (n, Hkv, bs, D)
-    return g.transpose(1, 2).reshape(-1, cache.shape[1], cache.shape[3])
+    """(Hkv, blocks, bs, D) cache, n block ids -> (Hkv, n * bs, D) in position order."""
+    Hkv, num_blocks, bs, D = cache.shape
+    rows = torch.arange(Hkv, device=cache.device)[:, None] * num_blocks + blocks.clamp(min=0)
+    return cache.view(-1, bs * D).index_select(0, rows.view(-1)).view(Hkv, -1, D)
 
 
 def paged_attention_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -98,8 +99,8 @@ def paged_attention_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: t
         table = batch.block_tables[i, :-(-ctx // block_size)]
         k_pos = torch.arange(ctx, device=q.device)
         visible = k_pos > ctx - n - (window or ctx + 1)  # only keys someone can still see
-        k = _gather_blocks(k_cache, table)[:ctx][visible]
-        v = _gather_blocks(v_cache, table)[:ctx][visible]
+        k = _gather_blocks(k_cache, table)[:, :ctx][:, visible].transpose(0, 1)  # (T, Hkv, D)
+        v = _gather_blocks(v_cache, table)[:, :ctx][:, visible].transpose(0, 1)
         q_pos = torch.arange(ctx - n, ctx, device=q.device)
         out[start:start + n] = attention(q[None, start:start + n], k[None], v[None],
                                          q_pos[None], k_pos[visible][None], window)[0]
@@ -180,40 +181,41 @@ def _decode_tiled(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                   batch: PagedBatch, seqs: list[int], window: int | None, out: torch.Tensor,
                   tile: int) -> None:
     """One query per sequence; all of them walk their blocks together, a tile of block-table
-    columns at a time, gathered block-wise into a reusable workspace. Scores are computed
-    per block, (S, W, Hkv, G, bs), so no gathered tensor needs a layout copy."""
+    columns at a time, gathered into a reusable workspace as (Hkv, S, tokens, D) so each
+    (head, sequence) pair is one plain matrix for the batched matmuls."""
     dev, bs = q.device, k_cache.shape[2]
     S, Hq, D = len(seqs), q.shape[1], q.shape[2]
-    Hkv = k_cache.shape[1]
+    Hkv = k_cache.shape[0]
     G = Hq // Hkv
     idx = torch.tensor([batch.q_starts[i] for i in seqs], device=dev)
     q_pos = torch.tensor([batch.context_lens[i] for i in seqs], device=dev) - 1
     tables = batch.block_tables[torch.tensor(seqs, device=dev)].clamp(min=0)
-    qs = (q[idx].float() * D ** -0.5).view(S, 1, Hkv, G, D)
+    qs = (q[idx].float() * D ** -0.5).view(S, Hkv, G, D).transpose(0, 1)  # (Hkv, S, G, D)
     end = max(batch.context_lens[i] for i in seqs)
     lo = 0 if window is None else max(0, min(batch.context_lens[i] for i in seqs) - window)
     cols = max(1, tile // bs)  # block-table columns per tile
-    half = k_cache.dtype != torch.float32
-    state = _OnlineSoftmax((S, Hkv, G), D, dev)
+    num_blocks = k_cache.shape[1]
+    # Flat row ids into the (Hkv * num_blocks, bs * D) view: one contiguous gather per tile.
+    head_base = torch.arange(Hkv, device=dev)[:, None] * num_blocks
+    k_rows, v_rows = k_cache.view(-1, bs * D), v_cache.view(-1, bs * D)
+    state = _OnlineSoftmax((Hkv, S, G), D, dev)
     for c0 in range(lo // bs, -(-end // bs), cols):
         c1 = min(c0 + cols, -(-end // bs))
-        W = c1 - c0
-        ids = tables[:, c0:c1].reshape(-1)
-        k = torch.index_select(k_cache, 0, ids, out=_workspace("k", (S * W, Hkv, bs, D),
-                                                                k_cache)).view(S, W, Hkv, bs, D)
-        v = torch.index_select(v_cache, 0, ids, out=_workspace("v", (S * W, Hkv, bs, D),
-                                                                v_cache)).view(S, W, Hkv, bs, D)
-        if half:
-            k, v = k.float(), v.float()
-        k_pos = torch.arange(c0 * bs, c1 * bs, device=dev).view(1, W, 1, 1, bs)
-        visible = k_pos <= q_pos.view(S, 1, 1, 1, 1)
+        L = (c1 - c0) * bs
+        ids = (head_base + tables[:, c0:c1].reshape(1, -1)).view(-1)
+        shape = (ids.numel(), bs * D)
+        k = torch.index_select(k_rows, 0, ids, out=_workspace("k", shape, k_cache))
+        v = torch.index_select(v_rows, 0, ids, out=_workspace("v", shape, v_cache))
+        k, v = k.view(Hkv, S, L, D).float(), v.view(Hkv, S, L, D).float()
+        k_pos = torch.arange(c0 * bs, c1 * bs, device=dev)
+        visible = k_pos[None, :] <= q_pos[:, None]  # (S, L)
         if window is not None:
-            visible &= k_pos > (q_pos - window).view(S, 1, 1, 1, 1)
-        scores = (qs @ k.transpose(-1, -2)).masked_fill(~visible, float("-inf"))
-        shift = state.rescale(scores.amax((1, 4)))  # scores: (S, W, Hkv, G, bs)
-        p = torch.exp(scores - shift[:, None, :, :, None])
-        state.add(p.sum((1, 4)), (p @ v).sum(1))
-    out[idx] = state.result().view(S, Hq, D).to(out.dtype)
+            visible &= k_pos[None, :] > (q_pos - window)[:, None]
+        scores = (qs @ k.transpose(-1, -2)).masked_fill(~visible[None, :, None, :],
+                                                        float("-inf"))  # (Hkv, S, G, L)
+        p = torch.exp(scores - state.rescale(scores.amax(-1))[..., None])
+        state.add(p.sum(-1), p @ v)
+    out[idx] = state.result().transpose(0, 1).reshape(S, Hq, D).to(out.dtype)
 
 
 def _prefill_tiled(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -222,7 +224,7 @@ def _prefill_tiled(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
     """Queries of one sequence in tiles; each query tile visits only the key tiles (whole
     blocks) its causal window can see."""
     dev, bs = q.device, k_cache.shape[2]
-    Hq, D, Hkv = q.shape[1], q.shape[2], k_cache.shape[1]
+    Hq, D, Hkv = q.shape[1], q.shape[2], k_cache.shape[0]
     G = Hq // Hkv
     start, n, ctx = batch.q_starts[i], batch.q_lens[i], batch.context_lens[i]
     table = batch.block_tables[i]
@@ -244,8 +246,8 @@ def _prefill_tiled(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
             visible = k_pos[None, :] <= q_pos[:, None]  # (tq, tk)
             if window is not None:
                 visible &= k_pos[None, :] > q_pos[:, None] - window
-            k = _gather_blocks(k_cache, table[c0:c1]).float().transpose(0, 1)  # (Hkv, tk, D)
-            v = _gather_blocks(v_cache, table[c0:c1]).float().transpose(0, 1)
+            k = _gather_blocks(k_cache, table[c0:c1]).float()  # (Hkv, tk, D)
+            v = _gather_blocks(v_cache, table[c0:c1]).float()
             scores = (qs @ k.transpose(1, 2)).view(Hkv, G, tq, -1)
             scores = scores.masked_fill(~visible, float("-inf")).view(Hkv, G * tq, -1)
             p = torch.exp(scores - state.rescale(scores.amax(-1))[..., None])

@@ -45,8 +45,8 @@ def _build(block_size, kv_heads, group, head_dim, window, contexts, q_lens, seed
         if window is not None:  # blocks no query can see may already have been freed
             first_visible = contexts[i] - q_lens[i] - window + 1
             tables[i, :max(0, first_visible) // block_size] = -1
-    k_cache = torch.randn(num_blocks, kv_heads, block_size, head_dim, generator=g)
-    v_cache = torch.randn(num_blocks, kv_heads, block_size, head_dim, generator=g)
+    k_cache = torch.randn(kv_heads, num_blocks, block_size, head_dim, generator=g)
+    v_cache = torch.randn(kv_heads, num_blocks, block_size, head_dim, generator=g)
     q = torch.randn(sum(q_lens), kv_heads * group, head_dim, generator=g)
     starts = [sum(q_lens[:i]) for i in range(len(q_lens))]
     return q, k_cache, v_cache, PagedBatch(starts, q_lens, contexts, tables)
@@ -75,7 +75,9 @@ def test_reference_matches_plain_causal_sdpa():
     textbook = torch.einsum("hqk,khd->qhd", scores.softmax(-1), v)
     table = torch.arange(T)[None]  # block size 1, blocks in order
     batch = PagedBatch([0], [T], [T], table)
-    ref = paged_attention_reference(q, k[:, :, None], v[:, :, None], batch, None)
+    k_cache = k.transpose(0, 1)[:, :, None].contiguous()  # (H, T blocks of 1 token, 1, D)
+    v_cache = v.transpose(0, 1)[:, :, None].contiguous()
+    ref = paged_attention_reference(q, k_cache, v_cache, batch, None)
     assert (ref - textbook).abs().max().item() < 1e-5
     fresh = attention(q[None], k[None], v[None], torch.arange(T)[None], None, None)[0]
     assert (fresh - textbook).abs().max().item() < 1e-5
@@ -86,8 +88,8 @@ def test_fresh_prefill_fast_path_matches_tiled():
     T, Hkv, G, D, bs = 40, 2, 2, 8, 4
     k_new, v_new = torch.randn(T, Hkv, D, generator=g), torch.randn(T, Hkv, D, generator=g)
     q = torch.randn(T, Hkv * G, D, generator=g)
-    k_cache = k_new.view(T // bs, bs, Hkv, D).transpose(1, 2).contiguous()
-    v_cache = v_new.view(T // bs, bs, Hkv, D).transpose(1, 2).contiguous()
+    k_cache = k_new.transpose(0, 1).reshape(Hkv, T // bs, bs, D)
+    v_cache = v_new.transpose(0, 1).reshape(Hkv, T // bs, bs, D)
     batch = PagedBatch([0], [T], [T], torch.arange(T // bs)[None])
     fast = paged_attention(q, k_cache, v_cache, batch, None, k_new=k_new, v_new=v_new)
     tiled = paged_attention(q, k_cache, v_cache, batch, None, tile=8)
