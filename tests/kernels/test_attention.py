@@ -88,8 +88,8 @@ def test_fresh_prefill_fast_path_matches_tiled():
     T, Hkv, G, D, bs = 40, 2, 2, 8, 4
     k_new, v_new = torch.randn(T, Hkv, D, generator=g), torch.randn(T, Hkv, D, generator=g)
     q = torch.randn(T, Hkv * G, D, generator=g)
-    k_cache = k_new.transpose(0, 1).reshape(Hkv, T // bs, bs, D)
-    v_cache = v_new.transpose(0, 1).reshape(Hkv, T // bs, bs, D)
+    k_cache = k_new.transpose(0, 1).reshape(Hkv, T // bs, bs, D).contiguous()
+    v_cache = v_new.transpose(0, 1).reshape(Hkv, T // bs, bs, D).contiguous()
     batch = PagedBatch([0], [T], [T], torch.arange(T // bs)[None])
     fast = paged_attention(q, k_cache, v_cache, batch, None, k_new=k_new, v_new=v_new)
     tiled = paged_attention(q, k_cache, v_cache, batch, None, tile=8)
