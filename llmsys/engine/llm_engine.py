@@ -17,8 +17,10 @@ from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from llmsys.engine.block_manager import BlockManager
-from llmsys.engine.model_runner import ModelRunner
+from llmsys.engine.model_runner import ModelRunner, StepResult
 from llmsys.engine.output_text import OutputText
 from llmsys.engine.sampler import make_generator, sample_batch, top_logprobs
 from llmsys.engine.scheduler import ScheduledSeq, Scheduler
@@ -184,7 +186,8 @@ class LLMEngine:
 
     # ---- after the forward -----------------------------------------------------------------
 
-    def _postprocess(self, batch: list[ScheduledSeq], result: Any) -> list[RequestOutput]:
+    def _postprocess(self, batch: list[ScheduledSeq],
+                     result: StepResult) -> list[RequestOutput]:
         sampling = [item.seq for item in batch if item.samples]
         for item in batch:
             seq = item.seq
@@ -204,7 +207,7 @@ class LLMEngine:
                 del self.requests[out.request_id]
         return outputs
 
-    def _bar_early_stops(self, logits: Any, seqs: list[Sequence]) -> Any:
+    def _bar_early_stops(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
         """Until min_tokens, EOS and stop token ids cannot be sampled (logprobs stay raw)."""
         rows = [i for i, s in enumerate(seqs) if s.num_output_tokens < s.params.min_tokens]
         if not rows:
@@ -217,7 +220,7 @@ class LLMEngine:
             logits[i, sorted(barred)] = float("-inf")
         return logits
 
-    def _append_token(self, seq: Sequence, token: int, logits: Any) -> None:
+    def _append_token(self, seq: Sequence, token: int, logits: torch.Tensor) -> None:
         params = seq.params
         seq.token_ids.append(token)
         if seq.first_token_time is None:

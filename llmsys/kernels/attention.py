@@ -137,7 +137,7 @@ class _OnlineSoftmax:
 
 
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                    batch: PagedBatch, window: int | None, tile: int = 256,
+                    batch: PagedBatch, window: int | None, tile: int = 512,
                     decode_tile: int = 1024, k_new: torch.Tensor | None = None,
                     v_new: torch.Tensor | None = None) -> torch.Tensor:
     """Tiled online-softmax attention over the paged cache. q (N, Hq, D) -> (N, Hq, D).
