@@ -85,7 +85,7 @@ def _plot(rows: list[dict], png: Path) -> None:
     try:
         import matplotlib
     except ImportError:
-        print("matplotlib not installed: no plot (pip install matplotlib)")
+        print("matplotlib not installed: no plot (pip install 'llmsys[bench]')")
         return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

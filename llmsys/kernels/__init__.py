@@ -1,1 +1,2 @@
-"""Compute kernels: attention (reference path for now)."""
+"""Compute kernels: attention (contiguous, paged reference, tiled paged) and half-precision
+matmuls for CPUs without native bfloat16."""
