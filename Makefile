@@ -24,7 +24,7 @@ run: $(STAMP) $(DEMO)/config.json
 		"The quick brown fox"
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check llmsys tests benchmarks
