@@ -23,11 +23,9 @@ from pathlib import Path
 import torch
 
 from llmsys import LLM, SamplingParams
-from llmsys.testing import make_tiny_checkpoint
+from llmsys.testing import LLAMA_110M, make_tiny_checkpoint
 
-SHAPE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-             num_key_value_heads=12, intermediate_size=2048, vocab_size=32000,
-             max_position_embeddings=4096)
+SHAPE = {**LLAMA_110M, "vocab_size": 32000}  # ~134M parameters
 
 
 def copy_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:

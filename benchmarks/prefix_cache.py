@@ -20,11 +20,9 @@ import time
 from pathlib import Path
 
 from llmsys import LLM, SamplingParams
-from llmsys.testing import make_tiny_checkpoint
+from llmsys.testing import LLAMA_110M, make_tiny_checkpoint
 
-SHAPE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-             num_key_value_heads=12, intermediate_size=2048, vocab_size=16384,
-             max_position_embeddings=4096)
+SHAPE = LLAMA_110M
 
 
 def ttfts(llm: LLM, prefix: list[int], suffixes: list[list[int]]) -> list[float]:

@@ -227,6 +227,12 @@ _FAMILY_DEFAULTS: dict[str, dict] = {
 }
 
 
+# The ~110M-parameter Llama shape the benchmarks share (overrides for make_tiny_checkpoint).
+LLAMA_110M = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                  num_key_value_heads=12, intermediate_size=2048, vocab_size=16384,
+                  max_position_embeddings=4096)
+
+
 def tiny_hf_config(family: str, vocab_size: int, **overrides: object) -> dict:
     """A small config.json dict for `family` (llama, mistral, qwen2, qwen3, mixtral, qwen3_moe),
     in the long-standing layout (top-level rope_theta, rope_scaling); overrides win."""
