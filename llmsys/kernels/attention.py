@@ -21,7 +21,7 @@ in position order (-1 for blocks that fell out of a sliding window and were free
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -69,6 +69,7 @@ class PagedBatch:
     q_lens: list[int]
     context_lens: list[int]
     block_tables: torch.Tensor
+    plans: dict = field(default_factory=dict, repr=False)  # per-step work shared by layers
 
     @property
     def num_seqs(self) -> int:
@@ -177,41 +178,62 @@ def _workspace(name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.T
     return buf[:numel].view(shape)
 
 
+@dataclass
+class _DecodeTile:
+    rows: torch.Tensor  # row ids into the cache viewed as (Hkv * num_blocks, bs * D)
+    visible: torch.Tensor  # (S, L) which gathered keys each query may see
+    num_cols: int  # block-table columns in this tile
+
+
+def _decode_plan(batch: PagedBatch, seqs: list[int], k_cache: torch.Tensor,
+                 window: int | None, tile: int) -> tuple[torch.Tensor, list[_DecodeTile]]:
+    """Query rows and key tiles of the decoding sequences. Every layer of a step gathers
+    the same tiles, so they are worked out once per step (cached on the batch)."""
+    key = ("decode", window, tile)
+    if key in batch.plans:
+        return batch.plans[key]
+    Hkv, num_blocks, bs, _ = k_cache.shape
+    dev = k_cache.device
+    idx = torch.tensor([batch.q_starts[i] for i in seqs], device=dev)
+    q_pos = torch.tensor([batch.context_lens[i] for i in seqs], device=dev) - 1
+    tables = batch.block_tables[torch.tensor(seqs, device=dev)].clamp(min=0)
+    head_base = torch.arange(Hkv, device=dev)[:, None] * num_blocks
+    end = max(batch.context_lens[i] for i in seqs)
+    lo = 0 if window is None else max(0, min(batch.context_lens[i] for i in seqs) - window)
+    cols = max(1, tile // bs)  # block-table columns per tile
+    tiles = []
+    for c0 in range(lo // bs, -(-end // bs), cols):
+        c1 = min(c0 + cols, -(-end // bs))
+        k_pos = torch.arange(c0 * bs, c1 * bs, device=dev)
+        visible = k_pos[None, :] <= q_pos[:, None]
+        if window is not None:
+            visible &= k_pos[None, :] > (q_pos - window)[:, None]
+        rows = (head_base + tables[:, c0:c1].reshape(1, -1)).view(-1)
+        tiles.append(_DecodeTile(rows, visible, c1 - c0))
+    batch.plans[key] = idx, tiles
+    return idx, tiles
+
+
 def _decode_tiled(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                   batch: PagedBatch, seqs: list[int], window: int | None, out: torch.Tensor,
                   tile: int) -> None:
     """One query per sequence; all of them walk their blocks together, a tile of block-table
     columns at a time, gathered into a reusable workspace as (Hkv, S, tokens, D) so each
     (head, sequence) pair is one plain matrix for the batched matmuls."""
-    dev, bs = q.device, k_cache.shape[2]
-    S, Hq, D = len(seqs), q.shape[1], q.shape[2]
-    Hkv = k_cache.shape[0]
+    Hkv, _, bs, D = k_cache.shape
+    S, Hq = len(seqs), q.shape[1]
     G = Hq // Hkv
-    idx = torch.tensor([batch.q_starts[i] for i in seqs], device=dev)
-    q_pos = torch.tensor([batch.context_lens[i] for i in seqs], device=dev) - 1
-    tables = batch.block_tables[torch.tensor(seqs, device=dev)].clamp(min=0)
+    idx, tiles = _decode_plan(batch, seqs, k_cache, window, tile)
     qs = (q[idx].float() * D ** -0.5).view(S, Hkv, G, D).transpose(0, 1)  # (Hkv, S, G, D)
-    end = max(batch.context_lens[i] for i in seqs)
-    lo = 0 if window is None else max(0, min(batch.context_lens[i] for i in seqs) - window)
-    cols = max(1, tile // bs)  # block-table columns per tile
-    num_blocks = k_cache.shape[1]
-    # Flat row ids into the (Hkv * num_blocks, bs * D) view: one contiguous gather per tile.
-    head_base = torch.arange(Hkv, device=dev)[:, None] * num_blocks
     k_rows, v_rows = k_cache.view(-1, bs * D), v_cache.view(-1, bs * D)
-    state = _OnlineSoftmax((Hkv, S, G), D, dev)
-    for c0 in range(lo // bs, -(-end // bs), cols):
-        c1 = min(c0 + cols, -(-end // bs))
-        L = (c1 - c0) * bs
-        ids = (head_base + tables[:, c0:c1].reshape(1, -1)).view(-1)
-        shape = (ids.numel(), bs * D)
-        k = torch.index_select(k_rows, 0, ids, out=_workspace("k", shape, k_cache))
-        v = torch.index_select(v_rows, 0, ids, out=_workspace("v", shape, v_cache))
+    state = _OnlineSoftmax((Hkv, S, G), D, q.device)
+    for t in tiles:
+        L = t.num_cols * bs
+        shape = (t.rows.numel(), bs * D)
+        k = torch.index_select(k_rows, 0, t.rows, out=_workspace("k", shape, k_cache))
+        v = torch.index_select(v_rows, 0, t.rows, out=_workspace("v", shape, v_cache))
         k, v = k.view(Hkv, S, L, D).float(), v.view(Hkv, S, L, D).float()
-        k_pos = torch.arange(c0 * bs, c1 * bs, device=dev)
-        visible = k_pos[None, :] <= q_pos[:, None]  # (S, L)
-        if window is not None:
-            visible &= k_pos[None, :] > (q_pos - window)[:, None]
-        scores = (qs @ k.transpose(-1, -2)).masked_fill(~visible[None, :, None, :],
+        scores = (qs @ k.transpose(-1, -2)).masked_fill(~t.visible[None, :, None, :],
                                                         float("-inf"))  # (Hkv, S, G, L)
         p = torch.exp(scores - state.rescale(scores.amax(-1))[..., None])
         state.add(p.sum(-1), p @ v)
