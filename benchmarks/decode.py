@@ -51,8 +51,7 @@ def weight_bytes(model: torch.nn.Module) -> int:
     return total - embed.numel() * embed.element_size()
 
 
-def llmsys_decode(path: Path, dtype: str, tokens: int) -> float:
-    llm = LLM(path, dtype=dtype)
+def llmsys_decode(llm: LLM, tokens: int) -> float:
     engine = llm.engine
     params = SamplingParams(temperature=0, max_tokens=tokens, ignore_eos=True)
     llm.generate([[1, 2, 3]], SamplingParams(max_tokens=4, ignore_eos=True))  # warm-up
@@ -94,8 +93,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for dtype in args.dtypes:
             path = make_tiny_checkpoint("llama", Path(tmp) / dtype, dtype=dtype, **SHAPE)
-            ours = llmsys_decode(path, dtype, args.tokens)
-            model_bytes = weight_bytes(LLM(path, dtype=dtype, num_kv_blocks=4).model)
+            llm = LLM(path, dtype=dtype)
+            ours = llmsys_decode(llm, args.tokens)
+            model_bytes = weight_bytes(llm.model)
+            del llm
             roofline = bandwidth / model_bytes
             hf = transformers_decode(path, dtype, args.tokens)
             row = {"dtype": dtype, "weight_bytes_per_token": model_bytes,

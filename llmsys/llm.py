@@ -44,9 +44,11 @@ class LLM:
                  block_size: int = 16, max_num_seqs: int = 64,
                  max_num_batched_tokens: int = 2048, enable_prefix_caching: bool = True,
                  kv_cache_memory_bytes: int | None = None, num_kv_blocks: int | None = None):
-        config = EngineConfig(block_size, max_num_seqs, max_num_batched_tokens,
-                              enable_prefix_caching, max_model_len, kv_cache_memory_bytes,
-                              num_kv_blocks)
+        config = EngineConfig(
+            block_size=block_size, max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=max_num_batched_tokens,
+            enable_prefix_caching=enable_prefix_caching, max_model_len=max_model_len,
+            kv_cache_memory_bytes=kv_cache_memory_bytes, num_kv_blocks=num_kv_blocks)
         self.model, self.config = load_model(model, dtype=dtype, device=device)
         self.device = torch.device(device)
         use_fast_half_matmul(self.model)  # a no-op unless half precision on a CPU that gains
@@ -119,20 +121,16 @@ class LLM:
             raise ValueError(f"stream() takes n=1, got n={sampling_params.n}")
         rid = f"stream-{next(self._ids)}"
         self.engine.add_request(rid, prompt, sampling_params)
-        shown, count = 0, 0
+        shown = 0
         try:
             while self.engine.has_unfinished():
-                for out in self.engine.step():
+                for out in self.engine.step():  # each step samples one token per sequence
                     if out.request_id != rid:
                         continue
                     c = out.outputs[0]
-                    for token in c.token_ids[count:]:
-                        count += 1
-                        last = out.finished and count == len(c.token_ids)
-                        delta = c.text[shown:] if last or count == len(c.token_ids) else ""
-                        shown += len(delta)
-                        yield StreamEvent(token, delta, c.finish_reason if last else None,
-                                          c.stop_reason if last else None)
+                    yield StreamEvent(c.token_ids[-1], c.text[shown:], c.finish_reason,
+                                      c.stop_reason)
+                    shown = len(c.text)
                     if out.finished:
                         return
         finally:

@@ -104,8 +104,8 @@ class BlockManager:
             seq.block_table.append(block)
             seq.block_hashes.append(h)
             parent = h
-        seq.num_computed_tokens = seq.num_cached_tokens = len(seq.block_table) * bs
-        self.prefix_hits += seq.num_cached_tokens
+        seq.num_computed_tokens = len(seq.block_table) * bs
+        self.prefix_hits += seq.num_computed_tokens
 
     def commit(self, seq: Sequence) -> None:
         """After a forward: hash the blocks that became full and offer them to the cache."""

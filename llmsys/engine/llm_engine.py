@@ -12,7 +12,6 @@ moment and frees its blocks.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,13 +104,11 @@ class LLMEngine:
         max_tokens = min(params.max_tokens or self.max_model_len, self.max_model_len - len(ids))
         self._check_fits(len(ids) + max_tokens)
         request = Request(request_id, text, ids)
-        now = time.perf_counter()
         for i in range(params.n):
             seed = None if params.seed is None else params.seed + i
             out_text = OutputText(self.tokenizer, ids, params.stop, params.skip_special_tokens)
             seq = Sequence(request_id, i, ids, params, out_text,
                            make_generator(seed, self.runner.device), max_tokens)
-            seq.arrival_time = now
             request.seqs.append(seq)
             self.scheduler.add(seq)
         self.requests[request_id] = request
@@ -223,12 +220,12 @@ class LLMEngine:
     def _append_token(self, seq: Sequence, token: int, logits: torch.Tensor) -> None:
         params = seq.params
         seq.token_ids.append(token)
-        if seq.first_token_time is None:
-            seq.first_token_time = time.perf_counter()
         if seq.logprobs is not None:
             lp = logits.log_softmax(-1)[None]
-            seq.logprobs += top_logprobs(lp, logits.new_tensor([token]).long(),
-                                         params.logprobs, self._decode_token)
+            entry = top_logprobs(lp, logits.new_tensor([token]).long(), params.logprobs,
+                                 self._decode_token)[0]
+            seq.logprobs.append(entry)
+            seq.cumulative_logprob += entry[token].logprob
         finish, reason = None, None
         if not params.ignore_eos and token in self.eos_token_ids:
             finish = "stop"
@@ -246,8 +243,7 @@ class LLMEngine:
     def _request_output(self, request: Request) -> RequestOutput:
         outputs = []
         for seq in request.seqs:
-            cumulative = sum(d[t].logprob for d, t in zip(seq.logprobs, seq.output_token_ids)) \
-                if seq.logprobs else None
+            cumulative = seq.cumulative_logprob if seq.logprobs else None
             outputs.append(CompletionOutput(
                 seq.index, seq.text.text[:seq.text.emitted], seq.output_token_ids, cumulative,
                 seq.logprobs, seq.finish_reason, seq.stop_reason))

@@ -34,16 +34,14 @@ class Sequence:
         self.text, self.generator = text, generator
         self.status = Status.WAITING
         self.num_computed_tokens = 0
-        self.num_cached_tokens = 0  # prompt tokens found in the prefix cache
         self.block_table: list[int] = []
         self.block_hashes: list[int] = []  # chained hashes of the full blocks so far
         self.logprobs: list[PositionLogprobs] | None = [] if params.logprobs is not None else None
+        self.cumulative_logprob = 0.0  # of the sampled tokens, kept as they come
         self.prompt_logprobs: list[PositionLogprobs | None] | None = (
             [None] if params.prompt_logprobs is not None else None)
         self.finish_reason: str | None = None
         self.stop_reason: int | str | None = None
-        self.arrival_time = 0.0
-        self.first_token_time: float | None = None
 
     def __len__(self) -> int:
         return len(self.token_ids)
@@ -67,5 +65,5 @@ class Sequence:
     @property
     def wants_prompt_logprobs(self) -> bool:
         """Still collecting prompt logprobs (they are not recollected after a preemption)."""
-        return self.prompt_logprobs is not None and len(self.prompt_logprobs) < \
-            self.num_prompt_tokens
+        pending = self.prompt_logprobs is not None
+        return pending and len(self.prompt_logprobs) < self.num_prompt_tokens
