@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from llmsys.engine.llm_engine import EngineConfig, LLMEngine, Prompt
-from llmsys.kernels.cpu_half import use_fast_half_matmul
+from llmsys.kernels.cpu_modules import use_cpu_kernels
 from llmsys.model.checkpoint import load_model, read_json
 from llmsys.model.tokenizer import Tokenizer
 from llmsys.outputs import RequestOutput
@@ -51,7 +51,7 @@ class LLM:
             kv_cache_memory_bytes=kv_cache_memory_bytes, num_kv_blocks=num_kv_blocks)
         self.model, self.config = load_model(model, dtype=dtype, device=device)
         self.device = torch.device(device)
-        use_fast_half_matmul(self.model)  # a no-op unless half precision on a CPU that gains
+        use_cpu_kernels(self.model)  # CPU decode kernels; a no-op on other devices
         self.tokenizer = Tokenizer.from_dir(model)
         gen_path = Path(model) / "generation_config.json"
         self.generation_config = read_json(gen_path) if gen_path.exists() else {}

@@ -10,7 +10,8 @@ with a sliding window w, i - j < w.
   visited tile by tile with a running max, normaliser and accumulator per query, so no
   Tq x Tk score matrix is ever formed; tiles wholly outside the causal/window range are
   skipped. Decoding sequences (one query each) are processed together, prefilling ones one
-  by one in query tiles.
+  by one in query tiles. On CPUs where `llmsys.kernels.cpu` compiled, decodes instead take
+  its C++ kernel (`compiled=True`), which walks the blocks in place with no gather.
 
 The paged cache is one (Hkv, num_blocks, block_size, D) tensor per layer for keys and one
 for values: head-major, so gathering a sequence's blocks yields (Hkv, tokens, D) directly,
@@ -25,6 +26,8 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+from llmsys.kernels import cpu
 
 
 def attention_mask(q_positions: torch.Tensor, k_positions: torch.Tensor,
@@ -79,6 +82,8 @@ class PagedBatch:
 def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
              blocks: torch.Tensor, offsets: torch.Tensor) -> None:
     """Store k/v (N, Hkv, D) of N tokens at (block, offset) in caches (Hkv, blocks, bs, D)."""
+    if cpu.write_kv(k_cache, v_cache, k, v, blocks, offsets):
+        return
     k_cache[:, blocks, offsets] = k.transpose(0, 1)
     v_cache[:, blocks, offsets] = v.transpose(0, 1)
 
@@ -140,16 +145,18 @@ class _OnlineSoftmax:
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                     batch: PagedBatch, window: int | None, tile: int = 512,
                     decode_tile: int = 1024, k_new: torch.Tensor | None = None,
-                    v_new: torch.Tensor | None = None) -> torch.Tensor:
+                    v_new: torch.Tensor | None = None, compiled: bool = True) -> torch.Tensor:
     """Tiled online-softmax attention over the paged cache. q (N, Hq, D) -> (N, Hq, D).
 
     `tile` is the query and key tile of prefills, `decode_tile` the key tile of decodes (in
     tokens, rounded to whole blocks). Given this step's own keys/values `k_new`/`v_new`
     (N, Hkv, D), a sequence with no earlier context and no window takes SDPA's causal flash
-    kernel instead (also free of a T x T matrix, and faster)."""
+    kernel instead (also free of a T x T matrix, and faster). `compiled=False` keeps decodes
+    on the PyTorch tiled path even where the C++ kernel is available."""
     out = torch.empty_like(q)
     decode = [i for i in range(batch.num_seqs) if batch.q_lens[i] == 1]
-    if decode:
+    if decode and not (compiled and _decode_compiled(q, k_cache, v_cache, batch, decode,
+                                                      window, out)):
         _decode_tiled(q, k_cache, v_cache, batch, decode, window, out, decode_tile)
     for i in range(batch.num_seqs):
         start, n = batch.q_starts[i], batch.q_lens[i]
@@ -212,6 +219,28 @@ def _decode_plan(batch: PagedBatch, seqs: list[int], k_cache: torch.Tensor,
         tiles.append(_DecodeTile(rows, visible, c1 - c0))
     batch.plans[key] = idx, tiles
     return idx, tiles
+
+
+def _decode_compiled(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                     batch: PagedBatch, seqs: list[int], window: int | None,
+                     out: torch.Tensor) -> bool:
+    """Decodes through the C++ kernel; False where it cannot run (then nothing is written)."""
+    if ("compiled", len(seqs)) not in batch.plans:
+        dev = q.device
+        everyone = len(seqs) == q.shape[0]  # a pure decode step: no gather, no scatter
+        idx = None if everyone else torch.tensor([batch.q_starts[i] for i in seqs], device=dev)
+        tables = batch.block_tables[torch.tensor(seqs, device=dev)].contiguous()
+        ctx = torch.tensor([batch.context_lens[i] for i in seqs], device=dev)
+        batch.plans["compiled", len(seqs)] = idx, tables, ctx
+    idx, tables, ctx = batch.plans["compiled", len(seqs)]
+    res = cpu.paged_decode(q if idx is None else q[idx], k_cache, v_cache, tables, ctx, window)
+    if res is None:
+        return False
+    if idx is None:
+        out.copy_(res)
+    else:
+        out[idx] = res
+    return True
 
 
 def _decode_tiled(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,

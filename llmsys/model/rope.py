@@ -100,7 +100,8 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions (B, T) -> cos, sin of shape (B, T, head_dim) in `dtype`."""
+        """positions (B, T) -> cos, sin of shape (B, T, 1, head_dim) in `dtype`, the first
+        half of sin negated (see `apply_rotary`)."""
         if self.inv_freq.device != positions.device:
             self.inv_freq = self.inv_freq.to(positions.device)
         inv_freq = self.inv_freq
@@ -112,13 +113,14 @@ class RotaryEmbedding(nn.Module):
         freqs = positions.float()[..., None] * inv_freq.float()  # (B, T, head_dim/2)
         emb = torch.cat((freqs, freqs), dim=-1)
         cos, sin = emb.cos() * self.attention_factor, emb.sin() * self.attention_factor
-        return cos.to(dtype), sin.to(dtype)
+        sin[..., :self.head_dim // 2].neg_()
+        return cos.to(dtype)[:, :, None], sin.to(dtype)[:, :, None]
 
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (B, T, H, D); cos/sin (B, T, D). Rotates the two halves of each head."""
-    cos, sin = cos[:, :, None, :], sin[:, :, None, :]
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+    """x (B, T, H, D); cos/sin (B, T, 1, D) from `RotaryEmbedding`. Rotates the two halves
+    (x1, x2) of each head: (x1 cos - x2 sin, x2 cos + x1 sin). With the first half of `sin`
+    stored negated this is x * cos + roll(x) * sin: the same products, bit for bit, as the
+    usual concatenation of (-x2, x1), in fewer operations."""
+    return x * cos + x.roll(x.shape[-1] // 2, -1) * sin
