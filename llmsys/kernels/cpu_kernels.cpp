@@ -1,9 +1,9 @@
 // Decode kernels for x86-64 CPUs with AVX2 + FMA, compiled on first use by
 // llmsys/kernels/cpu.py (torch.utils.cpp_extension). Three functions:
 //
-//   linear(x (M, K), w (N, K)) -> (M, N) float32, for a few rows (M <= 8): each weight row is
-//     read from memory once and dotted with every row of x. Weights may be float32,
-//     bfloat16 or float16 (widened to float32 in registers); sums are float32.
+//   linear(x (M, K), w (N, K)) -> (M, N) in w's dtype, for a few rows (M <= 8): each weight
+//     row is read from memory once and dotted with every row of x. Weights may be float32,
+//     bfloat16 or float16 (widened to float32 in registers); sums are float32, rounded once.
 //   paged_decode(q (S, Hq, D), k_cache, v_cache (Hkv, blocks, bs, D), tables (S, W),
 //     context_lens (S,), window) -> (S, Hq, D) float32: one query per sequence attends over
 //     its blocks in place (no gather), block by block with an online softmax.
@@ -47,7 +47,7 @@ inline float hsum(__m256 v) {
 // 2. y[m, n] = sum_k x[m, k] * w[n, k] for rows n0..n1 of w; K is a multiple of 8.
 // One x row: four accumulators keep four FMA chains in flight.
 template <typename W>
-void linear_rows_1(const float* x, const W* w, float* y, int64_t K, int64_t N, int64_t n0,
+void linear_rows_1(const float* x, const W* w, W* y, int64_t K, int64_t N, int64_t n0,
                    int64_t n1) {
   (void)N;
   for (int64_t n = n0; n < n1; ++n) {
@@ -61,13 +61,13 @@ void linear_rows_1(const float* x, const W* w, float* y, int64_t K, int64_t N, i
       a3 = _mm256_fmadd_ps(load8(r + k + 24), load8(x + k + 24), a3);
     }
     for (; k < K; k += 8) a0 = _mm256_fmadd_ps(load8(r + k), load8(x + k), a0);
-    y[n] = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    y[n] = W(hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3))));
   }
 }
 
 // M x rows: each loaded weight vector feeds M accumulators (two per row, even/odd k).
 template <int M, typename W>
-void linear_rows(const float* x, const W* w, float* y, int64_t K, int64_t N, int64_t n0,
+void linear_rows(const float* x, const W* w, W* y, int64_t K, int64_t N, int64_t n0,
                  int64_t n1) {
   for (int64_t n = n0; n < n1; ++n) {
     const W* r = w + n * K;
@@ -85,12 +85,12 @@ void linear_rows(const float* x, const W* w, float* y, int64_t K, int64_t N, int
       __m256 w0 = load8(r + k);
       for (int m = 0; m < M; ++m) acc[m][0] = _mm256_fmadd_ps(w0, load8(x + m * K + k), acc[m][0]);
     }
-    for (int m = 0; m < M; ++m) y[m * N + n] = hsum(_mm256_add_ps(acc[m][0], acc[m][1]));
+    for (int m = 0; m < M; ++m) y[m * N + n] = W(hsum(_mm256_add_ps(acc[m][0], acc[m][1])));
   }
 }
 
 template <typename W>
-void linear_dispatch(int64_t M, const float* x, const W* w, float* y, int64_t K, int64_t N,
+void linear_dispatch(int64_t M, const float* x, const W* w, W* y, int64_t K, int64_t N,
                      int64_t n0, int64_t n1) {
   switch (M) {
     case 1: return linear_rows_1(x, w, y, K, N, n0, n1);
@@ -254,15 +254,17 @@ torch::Tensor linear(torch::Tensor x, torch::Tensor w) {
   TORCH_CHECK(w.is_contiguous(), "linear: weight must be contiguous");
   auto xf = x.to(torch::kFloat).contiguous();
   const int64_t M = xf.size(0), K = xf.size(1), N = w.size(0);
-  auto y = torch::empty({M, N}, xf.options());
+  auto y = torch::empty({M, N}, w.options());
   const float* xp = xf.data_ptr<float>();
-  float* yp = y.data_ptr<float>();
   at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
     switch (w.scalar_type()) {
-      case torch::kFloat: return linear_dispatch(M, xp, w.data_ptr<float>(), yp, K, N, n0, n1);
+      case torch::kFloat:
+        return linear_dispatch(M, xp, w.data_ptr<float>(), y.data_ptr<float>(), K, N, n0, n1);
       case torch::kBFloat16:
-        return linear_dispatch(M, xp, w.data_ptr<at::BFloat16>(), yp, K, N, n0, n1);
-      case torch::kHalf: return linear_dispatch(M, xp, w.data_ptr<at::Half>(), yp, K, N, n0, n1);
+        return linear_dispatch(M, xp, w.data_ptr<at::BFloat16>(), y.data_ptr<at::BFloat16>(), K, N,
+                               n0, n1);
+      case torch::kHalf:
+        return linear_dispatch(M, xp, w.data_ptr<at::Half>(), y.data_ptr<at::Half>(), K, N, n0, n1);
       default: TORCH_CHECK(false, "linear: unsupported weight dtype");
     }
   });
@@ -292,7 +294,7 @@ torch::Tensor paged_decode(torch::Tensor q_in, torch::Tensor k_cache, torch::Ten
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("linear", &linear, "y = x @ w.T for a few rows of x (float32 result)");
+  m.def("linear", &linear, "y = x @ w.T for a few rows of x (in w's dtype)");
   m.def("paged_decode", &paged_decode, "one-query-per-sequence attention over a paged cache");
   m.def("write_kv", &write_kv, "store keys and values at their paged-cache slots");
   m.def("rms_norm", &rms_norm, "RMSNorm of each row, rounded as the float32-then-cast reference");

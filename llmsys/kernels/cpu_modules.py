@@ -58,7 +58,7 @@ class CpuLinear(nn.Linear):
             y = self.module.linear(x.reshape(rows, x.shape[-1]), self.weight)
             if self.bias is not None:
                 y += self.bias
-            return y.to(x.dtype).view(*x.shape[:-1], -1)
+            return y.view(*x.shape[:-1], -1).to(x.dtype)
         if self.upcast and rows >= self.upcast_min_rows:
             bias = None if self.bias is None else self.bias.float()
             return F.linear(x.float(), self.weight.float(), bias).to(x.dtype)

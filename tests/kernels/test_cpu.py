@@ -34,9 +34,10 @@ def test_kernel_linear_matches_float64(dtype, rows, k):
     w = torch.randn(37, k, generator=g).to(dtype)
     got = cpu.kernels().linear(x, w)
     ref = x.double() @ w.double().T  # exact products of the same (rounded) inputs
-    assert got.dtype == torch.float32
-    # float32 sums of k products: error ~ k * eps32 * sum |x w|.
-    bound = k * 1.2e-7 * (x.double().abs() @ w.double().abs().T) + 1e-6
+    assert got.dtype == dtype
+    # float32 sums of k products (error ~ k * eps32 * sum |x w|), rounded once to dtype.
+    bound = (k * 1.2e-7 * (x.double().abs() @ w.double().abs().T) + 1e-6
+             + torch.finfo(dtype).eps * ref.abs())
     assert ((got.double() - ref).abs() <= bound).all()
 
 
