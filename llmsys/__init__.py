@@ -5,7 +5,8 @@
 
 from llmsys.llm import LLM  # noqa: E402
 from llmsys.outputs import CompletionOutput, Logprob, RequestOutput
-from llmsys.sampling_params import SamplingParams
+from llmsys.sampling_params import SamplingParams, StructuredOutputsParams
 
-__all__ = ["LLM", "SamplingParams", "RequestOutput", "CompletionOutput", "Logprob"]
+__all__ = ["LLM", "SamplingParams", "StructuredOutputsParams", "RequestOutput",
+           "CompletionOutput", "Logprob"]
 __version__ = "0.1.0"

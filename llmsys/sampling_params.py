@@ -1,8 +1,69 @@
-"""`SamplingParams`: how one request is decoded (vLLM's names and meanings)."""
+"""`SamplingParams`: how one request is decoded (vLLM's names and meanings), and
+`StructuredOutputsParams`: the grammar its output must follow (see docs/structured_outputs.md)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+
+
+@dataclass
+class StructuredOutputsParams:
+    """Constrain the output to exactly one of: a JSON schema (`json`, a dict or its JSON
+    text), a regular expression (`regex`, Rust regex syntax), one of several strings
+    (`choice`), a grammar (`grammar`, Lark or GBNF text), or any JSON object (`json_object`).
+    The schema / regex / grammar itself is compiled, and rejected if invalid, when the
+    request is added to the engine."""
+
+    json: dict | str | None = None
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool = False
+
+    def __post_init__(self) -> None:
+        chosen = [name for name in ("json", "regex", "choice", "grammar")
+                  if getattr(self, name) is not None]
+        if not isinstance(self.json_object, bool):
+            raise ValueError(f"json_object={self.json_object!r} is invalid: must be a bool")
+        chosen += ["json_object"] if self.json_object else []
+        if len(chosen) != 1:
+            raise ValueError(f"structured outputs take exactly one of json, regex, choice, "
+                             f"grammar, json_object; got {chosen or 'none'}")
+        if self.json is not None:
+            self.json = _parse_schema(self.json)
+        if self.regex is not None and not (isinstance(self.regex, str) and self.regex):
+            raise ValueError(f"regex={self.regex!r} is invalid: must be a non-empty string")
+        if self.grammar is not None and not (isinstance(self.grammar, str)
+                                             and self.grammar.strip()):
+            raise ValueError(f"grammar={self.grammar!r} is invalid: must be a non-empty "
+                             f"string (Lark or GBNF)")
+        if self.choice is not None:
+            if isinstance(self.choice, tuple):
+                self.choice = list(self.choice)
+            if not (isinstance(self.choice, list) and self.choice
+                    and all(isinstance(c, str) and c for c in self.choice)):
+                raise ValueError(f"choice={self.choice!r} is invalid: must be a non-empty "
+                                 f"list of non-empty strings")
+
+
+def _parse_schema(schema: object) -> dict:
+    """A JSON schema given as a dict or as JSON text -> the dict."""
+    if isinstance(schema, str):
+        try:
+            schema = json.loads(schema)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"json={_short(schema)} is invalid: the string is not valid "
+                             f"JSON ({exc}); must be a JSON schema object") from None
+    if not isinstance(schema, dict):
+        raise ValueError(f"json={_short(schema)} is invalid: must be a JSON schema object "
+                         f"(a dict or its JSON text)")
+    return schema
+
+
+def _short(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 @dataclass
@@ -13,7 +74,9 @@ class SamplingParams:
     like EOS does. `logprobs=k` returns the top-k log-probabilities (plus the chosen token's)
     of each generated position, `prompt_logprobs=k` those of each prompt position (None for
     the first). Log-probabilities are of the model's raw distribution, before temperature
-    and truncation, as in vLLM."""
+    and truncation (and before a grammar's mask), as in vLLM. `structured_outputs` constrains
+    the output to a JSON schema, regex, choice or grammar; the output ends ("stop") as soon
+    as the grammar is complete."""
 
     n: int = 1
     temperature: float = 1.0
@@ -29,6 +92,7 @@ class SamplingParams:
     logprobs: int | None = None
     prompt_logprobs: int | None = None
     skip_special_tokens: bool = True
+    structured_outputs: StructuredOutputsParams | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -64,6 +128,10 @@ class SamplingParams:
         for ok, name, value, allowed in checks:
             if not ok:
                 raise ValueError(f"{name}={value!r} is invalid: must be {allowed}")
+        so = self.structured_outputs
+        if so is not None and not isinstance(so, StructuredOutputsParams):
+            raise ValueError(f"structured_outputs={so!r} is invalid: must be a "
+                             f"StructuredOutputsParams or None")
 
     @property
     def greedy(self) -> bool:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from llmsys.engine.block_manager import BlockManager
+from llmsys.engine.grammar import GrammarCompiler
 from llmsys.engine.model_runner import ModelRunner, StepResult
 from llmsys.engine.output_text import OutputText
 from llmsys.engine.sampler import make_generator, sample_batch, top_logprobs
@@ -94,6 +95,7 @@ class LLMEngine:
                                    config.max_num_batched_tokens, self.window)
         self.runner = ModelRunner(model, num_blocks, config.block_size, self._decode_token)
         self.requests: dict[str, Request] = {}
+        self.grammars: GrammarCompiler | None = None  # built at the first structured request
 
     # ---- the API a server drives --------------------------------------------------------
 
@@ -103,12 +105,15 @@ class LLMEngine:
         text, ids = self.prepare_prompt(prompt)
         max_tokens = min(params.max_tokens or self.max_model_len, self.max_model_len - len(ids))
         self._check_fits(len(ids) + max_tokens)
+        so = params.structured_outputs  # compiled (ValueError if invalid) before any state
+        grammars = [self._grammar_compiler().matcher(so) for _ in range(params.n)] if so else []
         request = Request(request_id, text, ids)
         for i in range(params.n):
             seed = None if params.seed is None else params.seed + i
             out_text = OutputText(self.tokenizer, ids, params.stop, params.skip_special_tokens)
             seq = Sequence(request_id, i, ids, params, out_text,
                            make_generator(seed, self.runner.device), max_tokens)
+            seq.grammar = grammars[i] if grammars else None
             request.seqs.append(seq)
             self.scheduler.add(seq)
         self.requests[request_id] = request
@@ -192,8 +197,10 @@ class LLMEngine:
                 seq.prompt_logprobs.extend(result.prompt_logprobs[id(seq)])
             seq.num_computed_tokens += item.num_tokens
             self.blocks.commit(seq)
-        tokens = sample_batch(self._bar_early_stops(result.logits, sampling),
-                              [s.params for s in sampling], [s.generator for s in sampling])
+        logits = self._mask_grammars(self._bar_early_stops(result.logits, sampling),
+                                     result.logits, sampling)
+        tokens = sample_batch(logits, [s.params for s in sampling],
+                              [s.generator for s in sampling])
         touched: dict[str, Request] = {}
         for row, (seq, token) in enumerate(zip(sampling, tokens)):
             self._append_token(seq, token, result.logits[row])
@@ -217,9 +224,31 @@ class LLMEngine:
             logits[i, sorted(barred)] = float("-inf")
         return logits
 
+    def _mask_grammars(self, logits: torch.Tensor, raw: torch.Tensor,
+                       seqs: list[Sequence]) -> torch.Tensor:
+        """Structured outputs: each constrained row keeps only the tokens its grammar allows
+        next (EOS only where the grammar may end). Logprobs stay those of the raw logits."""
+        rows = [(i, s.grammar) for i, s in enumerate(seqs) if s.grammar is not None]
+        if not rows:
+            return logits
+        forbidden = self.grammars.forbidden_tokens(rows, *logits.shape).to(logits.device)
+        masked = logits.masked_fill(forbidden, float("-inf"))
+        stuck = (masked == float("-inf")).all(-1)
+        if stuck.any():  # min_tokens barred every token the grammar allows: the grammar wins
+            masked[stuck] = raw[stuck].masked_fill(forbidden[stuck], float("-inf"))
+        return masked
+
+    def _grammar_compiler(self) -> GrammarCompiler:
+        eos = frozenset(self.eos_token_ids)
+        if self.grammars is None or self.grammars.eos_token_ids != eos:
+            self.grammars = GrammarCompiler(self.tokenizer, self.model.config.vocab_size, eos)
+        return self.grammars
+
     def _append_token(self, seq: Sequence, token: int, logits: torch.Tensor) -> None:
         params = seq.params
         seq.token_ids.append(token)
+        if seq.grammar is not None:
+            seq.grammar.accept(token)
         if seq.logprobs is not None:
             lp = logits.log_softmax(-1)[None]
             entry = top_logprobs(lp, logits.new_tensor([token]).long(), params.logprobs,
@@ -231,6 +260,8 @@ class LLMEngine:
             finish = "stop"
         elif token in params.stop_token_ids:
             finish, reason = "stop", token
+        elif seq.grammar is not None and seq.grammar.is_finished:
+            finish = "stop"  # the grammar is complete: nothing but EOS could follow
         elif seq.num_output_tokens >= seq.max_tokens:
             finish = "length"
         seq.text.push(token, last=finish is not None)

@@ -9,12 +9,16 @@ hold them, in position order (-1 for blocks freed because they left a sliding wi
 from __future__ import annotations
 
 import enum
+from typing import TYPE_CHECKING
 
 import torch
 
 from llmsys.engine.output_text import OutputText
 from llmsys.outputs import PositionLogprobs
 from llmsys.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from llmsys.engine.grammar import GrammarMatcher
 
 
 class Status(enum.Enum):
@@ -42,6 +46,9 @@ class Sequence:
             [None] if params.prompt_logprobs is not None else None)
         self.finish_reason: str | None = None
         self.stop_reason: int | str | None = None
+        # Structured outputs: where the output stands in its grammar. It has seen every
+        # output token, so a preempted sequence (tokens kept, cache recomputed) goes on as is.
+        self.grammar: GrammarMatcher | None = None
 
     def __len__(self) -> int:
         return len(self.token_ids)
