@@ -4,8 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO := build/demo-llama
+PORT ?= 8000
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test lint bench clean chromium
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,11 +20,16 @@ $(DEMO)/config.json: | $(STAMP)
 	$(BIN)/llmsys tiny-checkpoint $(DEMO) --family llama
 
 run: $(STAMP) $(DEMO)/config.json
-	@echo "Generating from $(DEMO) (random weights: the text is noise, the speed is real)"
-	$(BIN)/llmsys generate --model $(DEMO) --max-tokens 48 --temperature 0.8 --seed 0 \
-		"The quick brown fox"
+	@echo "Serving $(DEMO) over the OpenAI API (random weights: the text is noise); Ctrl-C stops"
+	$(BIN)/llmsys serve --model $(DEMO) --served-model-name demo-llama --port $(PORT)
 
-test: $(STAMP)
+# Chromium for the playground's browser test (skipped, with a reason, where it cannot be had).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } || \
+		echo "chromium not installed: tests/serve/test_playground.py will be skipped"
+
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)

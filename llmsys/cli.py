@@ -3,6 +3,8 @@
     llmsys generate --model DIR [--dtype auto] [--max-tokens 64] [--temperature 0] "prompt"
     llmsys chat --model DIR                 # interactive; tokens stream as they come
     llmsys tiny-checkpoint DIR --family llama [--hidden-size 256 --layers 4 ...]
+    llmsys serve --model DIR [--host 127.0.0.1] [--port 8000] [--api-key KEY ...]  # OpenAI API
+    llmsys bench serve --base-url URL --num-prompts N --request-rate R [...]  # load a server
 
 Errors a user can cause (bad paths, bad values) print one line and exit with status 2.
 """
@@ -10,6 +12,7 @@ Errors a user can cause (bad paths, bad values) print one line and exit with sta
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -94,6 +97,24 @@ def cmd_tiny_checkpoint(args: argparse.Namespace) -> None:
     print(f"wrote a random-weight {args.family} checkpoint to {path}")
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    try:
+        from llmsys.serve import ServerConfig, run_server
+    except ImportError as e:
+        print(f"llmsys serve: error: {e}; install the extra: pip install 'llmsys[serve]'",
+              file=sys.stderr)
+        raise SystemExit(2) from None
+
+    keys = args.api_key or ([os.environ["LLMSYS_API_KEY"]] if os.environ.get("LLMSYS_API_KEY")
+                            else [])
+    run_server(ServerConfig(
+        model=args.model, host=args.host, port=args.port, api_keys=keys,
+        served_model_name=args.served_model_name, dtype=args.dtype, device=args.device,
+        max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
+        max_body_bytes=args.max_body_bytes, max_n=args.max_n,
+        max_concurrent_requests=args.max_concurrent_requests))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmsys", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -122,6 +143,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_tiny_checkpoint)
+
+    p = sub.add_parser("serve", help="serve a model over the OpenAI API (chat, completions)")
+    _add_model_args(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    p.add_argument("--api-key", action="append", default=None,
+                   help="accept this key (repeatable; default: $LLMSYS_API_KEY, else none)")
+    p.add_argument("--served-model-name", default=None, help="the model id clients use")
+    p.add_argument("--max-num-seqs", type=int, default=64)
+    p.add_argument("--max-body-bytes", type=int, default=4 << 20)
+    p.add_argument("--max-n", type=int, default=16, help="completions per request")
+    p.add_argument("--max-concurrent-requests", type=int, default=256,
+                   help="requests in flight; more get 429")
+    p.set_defaults(func=cmd_serve)
+
+    from llmsys.bench.serve import add_serve_args, cmd_bench_serve
+
+    p = sub.add_parser("bench", help="benchmarks (bench serve: load an OpenAI-compatible server)")
+    bench = p.add_subparsers(dest="bench_command", required=True)
+    p = bench.add_parser("serve", help="stream requests to a server; report latency, goodput")
+    add_serve_args(p)
+    p.set_defaults(func=cmd_bench_serve)
     return parser
 
 

@@ -72,7 +72,7 @@ class GrammarCompiler:
         self.vocab_size = vocab_size  # the model's (logits width), may exceed the tokenizer's
         self.eos_token_ids = frozenset(eos_token_ids)
         self.ll_tokenizer = llg.LLTokenizer(
-            tokenizer.backend.to_str(), n_vocab=max(vocab_size, tokenizer.vocab_size),
+            llguidance_tokenizer_json(tokenizer), n_vocab=max(vocab_size, tokenizer.vocab_size),
             eos_token=sorted(self.eos_token_ids))
         self.executor = llg.LLExecutor()
         self._cache: OrderedDict[str, llguidance.LLMatcher] = OrderedDict()
@@ -115,6 +115,43 @@ class GrammarCompiler:
         everything = torch.zeros((num_rows, vocab), dtype=torch.bool)
         everything[[r for r, _ in rows]] = forbidden
         return everything
+
+
+def llguidance_tokenizer_json(tokenizer: Tokenizer) -> str:
+    """The tokenizer as llguidance should see it. llguidance marks every added token special
+    (it then matches no text), but non-special added tokens such as `<tool_call>` are text a
+    model writes, which a regex or a grammar literal must be able to match: they move into
+    the vocabulary under their own text (byte-level encoded where the tokenizer is)."""
+    spec = json.loads(tokenizer.backend.to_str())
+    vocab = spec.get("model", {}).get("vocab")
+    if not isinstance(vocab, dict):  # e.g. Unigram's list: left as it is
+        return json.dumps(spec)
+    byte_level = "ByteLevel" in json.dumps(spec.get("decoder"))
+    to_unicode = _byte_level_alphabet()
+    special = []
+    for token in spec.get("added_tokens", []):
+        text = token["content"]
+        key = "".join(to_unicode[b] for b in text.encode()) if byte_level else text
+        if token.get("special") or key in vocab:
+            special.append(token)
+        else:
+            vocab[key] = token["id"]
+    spec["added_tokens"] = special
+    return json.dumps(spec)
+
+
+def _byte_level_alphabet() -> list[str]:
+    """The printable character that stands for each byte in byte-level BPE vocabularies:
+    printable Latin-1 bytes stand for themselves, the others for code points from 256 on."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    chars, extra = [], 0
+    for b in range(256):
+        if b in printable:
+            chars.append(chr(b))
+        else:
+            chars.append(chr(256 + extra))
+            extra += 1
+    return chars
 
 
 def grammar_text(params: StructuredOutputsParams) -> str:

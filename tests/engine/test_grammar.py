@@ -304,3 +304,15 @@ def test_compiled_grammars_are_cached_and_unconstrained_runs_never_build_them(tm
     llm.generate([PROMPT] * 3, [_params(so, seed=i) for i in range(3)])
     llm.generate(PROMPT, _params(StructuredOutputsParams(json=json.dumps(PERSON)), seed=9))
     assert len(llm.engine.grammars._cache) == 1
+
+
+def test_literal_text_of_added_tokens_can_be_generated(llm):
+    """`<tool_call>` is an added (not special) token: a regex that spells it out must let
+    the model write it, not stop after it."""
+    regex = r'<tool_call>\{"a": [0-9]\}</tool_call>'
+    params = SamplingParams(temperature=0, max_tokens=40,
+                            structured_outputs=StructuredOutputsParams(regex=regex))
+    out = llm.generate(["hi", "call a tool"], params)
+    for o in out:
+        assert re.fullmatch(regex, o.outputs[0].text), o.outputs[0].text
+        assert o.outputs[0].finish_reason == "stop"
