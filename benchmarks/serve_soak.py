@@ -1,6 +1,7 @@
 """Soak test of `llmsys serve` under saturating load, and served against offline throughput.
 
-    python benchmarks/serve_soak.py                 # ~110M Llama, float32: ~8 min on 2 cores
+    python benchmarks/serve_soak.py [--repeats 3]   # ~110M Llama, float32: ~8 min on 2 cores
+                                                    # (+3.5 min per extra repeat)
     python benchmarks/serve_soak.py --small         # a tiny checkpoint: checks the script (~15 s)
     python benchmarks/serve_soak.py --model DIR [--num-prompts N] [--ratio-prompts M]
 
@@ -21,19 +22,22 @@ What it does:
    was cancelled, or failed with a status within the per-request timeout); no other
    failure; every completed request got exactly the tokens it asked for; and afterwards
    `/metrics` returns to idle (KV-cache usage 0, no running or waiting sequences).
-5. Throughput run: `--ratio-prompts` new prompts (another seed, so the prefix cache cannot
-   help), no cancellations, all sent at once. Then the server is stopped (SIGINT) and the
-   same prompts, with the same output lengths and engine settings, run offline through
-   `LLM.generate` in this process. The ratio is served output tokens/s (output tokens ÷
-   load-generator duration: first request sent → last token received, the HTTP client
-   running on the same cores; its CPU time is printed) ÷ offline output tokens/s (output
-   tokens ÷ wall time of `LLM.generate`, after a warm-up).
-6. Writes benchmarks/results/serve_soak.json (settings, checks, metrics of both runs,
-   offline numbers, the ratio, the load generator's tables), serve_soak.png (the soak run's
-   latency histograms) and serve_soak_requests.json (every soak request's timings), and
-   prints a markdown section for docs/benchmarks.md. `--small` writes serve_soak_small.*.
+5. Throughput runs: `--ratio-prompts` new prompts (another seed each time, so the prefix
+   cache cannot help), no cancellations, all sent at once; right after each, the same
+   prompts with the same output lengths run offline through `LLM.generate` in this process
+   (the engine settings of the server, which sits idle meanwhile). `--repeats` such pairs
+   alternate, as the machine is noisy. The ratio is served output tokens/s (output tokens
+   ÷ load-generator duration: first request sent → last token received, the HTTP client
+   running on the same cores) ÷ offline output tokens/s (output tokens ÷ wall time of
+   `LLM.generate`, after a warm-up); the median over the pairs is reported. The CPU time
+   of the load generator, the server's event loop and its engine threads is printed too.
+6. Writes benchmarks/results/serve_soak.json (settings, checks, metrics of all runs,
+   offline numbers, the ratios, the load generator's tables) and serve_soak.png (the soak
+   run's latency histograms); `--save-requests` adds serve_soak_requests.json (every soak
+   request's timings, ~0.5 MB). Prints a markdown section for docs/benchmarks.md.
+   `--small` writes serve_soak_small.* instead.
 7. The server is shut down with SIGINT (then SIGTERM, then SIGKILL if it does not exit)
-   whatever happens. The exit status is 1 when a check fails.
+   whatever happens, and must exit 0. The exit status is 1 when a check fails.
 """
 
 from __future__ import annotations
@@ -289,12 +293,19 @@ class OfflineResult:
         return self.output_tokens / self.seconds
 
 
-def offline_run(model: Path, out: BenchResult, dtype: str, max_num_seqs: int) -> OfflineResult:
-    """The served run's prompts and output lengths through `LLM.generate`, all at once."""
+def offline_engine(model: Path, dtype: str, max_num_seqs: int):
+    """An `LLM` with the server's engine settings, warmed up."""
     from llmsys import LLM, SamplingParams
 
-    llm = LLM(model, dtype=dtype, max_num_seqs=max_num_seqs)  # the server's engine settings
-    llm.generate([[1, 2, 3]], SamplingParams(max_tokens=2))  # warm-up
+    llm = LLM(model, dtype=dtype, max_num_seqs=max_num_seqs)
+    llm.generate([[1, 2, 3]], SamplingParams(max_tokens=2))
+    return llm
+
+
+def offline_run(llm, out: BenchResult) -> OfflineResult:
+    """The served run's prompts and output lengths through `LLM.generate`, all at once."""
+    from llmsys import SamplingParams
+
     prompts = [req.prompt for req in out.requests]
     params = [SamplingParams(temperature=0.0, max_tokens=req.output_len, ignore_eos=True)
               for req in out.requests]
@@ -309,6 +320,27 @@ def offline_run(model: Path, out: BenchResult, dtype: str, max_num_seqs: int) ->
     return result
 
 
+@dataclass
+class Pair:
+    """One throughput run served and the same workload offline, back to back."""
+
+    served: BenchResult
+    cpu: CpuUse
+    offline: OfflineResult
+
+    @property
+    def ratio(self) -> float:
+        return self.served.metrics.output_throughput / self.offline.output_throughput
+
+    def same_workload(self, index: int) -> Check:
+        m, o = self.served.metrics, self.offline
+        return Check(f"same workload served and offline (run {index + 1})",
+                     o.output_tokens == m.total_output_tokens
+                     and o.prompt_tokens == m.total_input_tokens,
+                     f"output tokens {m.total_output_tokens} / {o.output_tokens}, "
+                     f"prompt tokens {m.total_input_tokens} / {o.prompt_tokens}")
+
+
 # ---------------------------------------------------------------------------- the report
 
 
@@ -316,16 +348,15 @@ def offline_run(model: Path, out: BenchResult, dtype: str, max_num_seqs: int) ->
 class Report:
     args: argparse.Namespace
     soak: BenchResult
-    ratio_run: BenchResult
-    offline: OfflineResult
+    pairs: list[Pair]
     checks: list[Check]
-    cpu: CpuUse  # during the throughput run
-    server_metrics: dict[str, float]  # /metrics after both runs
+    server_metrics: dict[str, float]  # /metrics after all runs
     server_status: int | None
 
     @property
-    def ratio(self) -> float:
-        return self.ratio_run.metrics.output_throughput / self.offline.output_throughput
+    def median(self) -> Pair:
+        """The pair with the median ratio (the lower middle one for an even count)."""
+        return sorted(self.pairs, key=lambda p: p.ratio)[(len(self.pairs) - 1) // 2]
 
 
 def latency_row(m: BenchMetrics, name: str) -> str:
@@ -334,12 +365,15 @@ def latency_row(m: BenchMetrics, name: str) -> str:
 
 
 def markdown(rep: Report) -> str:
-    args, s, r = rep.args, rep.soak.metrics, rep.ratio_run.metrics
+    args, mid = rep.args, rep.median
+    s, r = rep.soak.metrics, mid.served.metrics
     shape = "hidden 256, 4 layers" if args.small else "~110M-parameter Llama-shaped"
+    flags = (" --small" if args.small else "") + (
+        f" --repeats {args.repeats}" if args.repeats > 1 else "")
     lines = [
         "## Serving: soak test and served against offline throughput "
-        "(`benchmarks/serve_soak.py`)", "", "```", "python benchmarks/serve_soak.py"
-        + (" --small" if args.small else ""), "```", "",
+        "(`benchmarks/serve_soak.py`)", "", "```", f"python benchmarks/serve_soak.py{flags}",
+        "```", "",
         f"`llmsys serve` on a {shape} random checkpoint ({args.dtype}, {args.max_num_seqs} "
         f"sequences per batch), loaded by `llmsys bench serve` from the same machine "
         f"(streamed `/v1/completions`, greedy, `ignore_eos`; input "
@@ -347,8 +381,9 @@ def markdown(rep: Report) -> str:
         f"{args.output_len[0]}–{args.output_len[1]}). Soak run: {args.num_prompts} requests, "
         f"{args.max_concurrency} in flight, {args.cancel_fraction:.0%} of the streams closed "
         f"part-way. Throughput run: {args.ratio_prompts} other prompts, all sent at once, none "
-        "cancelled; then the same prompts and output lengths offline through `LLM.generate` "
-        "(same engine settings, server stopped).", "",
+        "cancelled; right after it the same prompts and output lengths offline through "
+        "`LLM.generate` (same engine settings, the server idle)"
+        + (f"; {args.repeats} such pairs, the median shown." if args.repeats > 1 else "."), "",
         "| | soak run | throughput run |", "|---|---:|---:|",
         f"| requests completed / cancelled / failed | {s.completed} / {s.cancelled} / "
         f"{s.failed} | {r.completed} / {r.cancelled} / {r.failed} |",
@@ -362,49 +397,56 @@ def markdown(rep: Report) -> str:
     for name, label in (("ttft", "TTFT"), ("tpot", "TPOT"), ("itl", "ITL"), ("e2el", "E2E")):
         lines.append(f"| {label} mean / median / p99 (ms) | {latency_row(s, name)} | "
                      f"{latency_row(r, name)} |")
+    lines += ["", "| same workload | served output tok/s | offline output tok/s | "
+              "served ÷ offline |", "|---|---:|---:|---:|"]
+    lines += [f"| throughput run {i + 1} | {p.served.metrics.output_throughput:.1f} | "
+              f"{p.offline.output_throughput:.1f} | {p.ratio:.2f} |"
+              for i, p in enumerate(rep.pairs)]
     lines += [
-        "", "| throughput run, same workload | output tok/s |", "|---|---:|",
-        f"| served (output tokens ÷ first send → last token) | {r.output_throughput:.1f} |",
-        f"| offline `LLM.generate` (output tokens ÷ wall time) | "
-        f"{rep.offline.output_throughput:.1f} |",
-        f"| **served ÷ offline** | **{rep.ratio:.2f}** (target ≥ 0.85) |", "",
-        f"CPU time during the throughput run ({r.duration_s:.1f} s on "
-        f"{os.cpu_count()} cores): {rep.cpu.describe()}; offline "
-        f"({rep.offline.seconds:.1f} s): {rep.offline.cpu_s:.1f} CPU-s.", "",
-        "Soak checks: " + "; ".join(f"{c.name}: {'ok' if c.ok else 'FAILED'} ({c.detail})"
-                                    for c in rep.checks) + ".",
+        "", "Served: output tokens ÷ (first request sent → last token received); offline: "
+        "output tokens ÷ wall time of `LLM.generate`. "
+        f"**Served ÷ offline: {mid.ratio:.2f}** (target ≥ 0.85).", "",
+        f"CPU time during the throughput run ({r.duration_s:.1f} s on {os.cpu_count()} "
+        f"cores): {mid.cpu.describe()}; offline ({mid.offline.seconds:.1f} s): "
+        f"{mid.offline.cpu_s:.1f} CPU-s.", "",
+        "Checks: " + "; ".join(f"{c.name}: {'ok' if c.ok else 'FAILED'} ({c.detail})"
+                               for c in rep.checks) + ".",
     ]
     return "\n".join(lines)
 
 
 def write_results(rep: Report) -> list[Path]:
-    """The summary JSON, the soak run's latency histograms and its per-request timings."""
+    """The summary JSON and the soak run's latency histograms (+ its requests, if asked)."""
     args, soak = rep.args, rep.soak
     stem = "serve_soak_small" if args.small else "serve_soak"
     args.out_dir.mkdir(parents=True, exist_ok=True)
     summary = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
+                 if k != "out_dir"},
         "checks": [asdict(c) for c in rep.checks],
         "server_exit_status": rep.server_status,
         "server_metrics_after": rep.server_metrics,
         "soak": asdict(soak.metrics) | {"table": soak.table},
-        "throughput_run": asdict(rep.ratio_run.metrics) | {"table": rep.ratio_run.table,
-                                                           "cpu_s": asdict(rep.cpu)},
-        "offline": asdict(rep.offline) | {"output_throughput": rep.offline.output_throughput},
-        "served_over_offline": rep.ratio,
+        "throughput_runs": [
+            {"served": asdict(p.served.metrics) | {"table": p.served.table},
+             "cpu_s": asdict(p.cpu),
+             "offline": asdict(p.offline) | {"output_throughput": p.offline.output_throughput},
+             "served_over_offline": p.ratio} for p in rep.pairs],
+        "served_over_offline_median": rep.median.ratio,
     }
-    paths = [args.out_dir / f"{stem}{suffix}"
-             for suffix in (".json", ".png", "_requests.json")]
+    paths = [args.out_dir / f"{stem}{suffix}" for suffix in (".json", ".png")]
     paths[0].write_text(json.dumps(summary, indent=1, default=str) + "\n")
     write_histograms(paths[1], soak.results, {},
                      f"llmsys serve soak · {soak.config.num_prompts} requests · "
                      f"{soak.config.max_concurrency} in flight · "
                      f"{soak.config.cancel_fraction:.0%} cancelled")
-    requested = [{"input_len": q.prompt_len, "max_tokens": q.output_len,
-                  "cancel_after": q.cancel_after} for q in soak.requests]
-    write_json(paths[2], {"model": soak.model, "prompt_source": soak.prompt_source},
-               soak.metrics, soak.results, requested)
+    if args.save_requests:
+        paths.append(args.out_dir / f"{stem}_requests.json")
+        requested = [{"input_len": q.prompt_len, "max_tokens": q.output_len,
+                      "cancel_after": q.cancel_after} for q in soak.requests]
+        write_json(paths[-1], {"model": soak.model, "prompt_source": soak.prompt_source},
+                   soak.metrics, soak.results, requested)
     return paths
 
 
@@ -432,8 +474,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--cancel-fraction", type=float, default=0.1)
     p.add_argument("--request-timeout", type=float, default=300.0,
                    help="a request that waits this long for a byte counts as hung (s)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="served / offline throughput pairs (median reported)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out-dir", type=Path, default=RESULTS)
+    p.add_argument("--save-requests", action="store_true",
+                   help="also write every soak request's timings")
     args = p.parse_args()
     small = args.small
     args.num_prompts = args.num_prompts or (48 if small else 128)
@@ -471,29 +517,27 @@ def main() -> int:
             # 4. the checks (the last one after polling /metrics)
             idle, after = wait_idle(server.url)
             checks = soak_checks(soak, idle, after)
-            # 5a. the served half of the throughput comparison
-            ratio_run, cpu = served_run(
-                bench_config(args, server.url, args.ratio_prompts, args.seed + 1, 0.0, None),
-                "throughput run", server.pid)
+            # 5. served and offline throughput, alternating
+            llm = offline_engine(model, args.dtype, args.max_num_seqs)
+            pairs = []
+            for i in range(args.repeats):
+                cfg = bench_config(args, server.url, args.ratio_prompts, args.seed + 1 + i,
+                                   0.0, None)
+                served, cpu = served_run(cfg, f"throughput run {i + 1}/{args.repeats}",
+                                         server.pid)
+                pairs.append(Pair(served, cpu, offline_run(llm, served)))
+                say(f"served ÷ offline: {pairs[-1].ratio:.2f}")
             server_metrics = scrape_metrics(server.url)
             server.stop()
-        checks.append(Check("server exits 0 on SIGINT", server.returncode == 0,
-                            f"status {server.returncode}"))
-        # 5b. the offline half, with the server gone
-        offline = offline_run(model, ratio_run, args.dtype, args.max_num_seqs)
-    served = ratio_run.metrics
-    checks.append(Check(
-        "same workload served and offline", offline.output_tokens == served.total_output_tokens
-        and offline.prompt_tokens == served.total_input_tokens,
-        f"output tokens {served.total_output_tokens} / {offline.output_tokens}, prompt tokens "
-        f"{served.total_input_tokens} / {offline.prompt_tokens}"))
-    rep = Report(args, soak, ratio_run, offline, checks, cpu, server_metrics,
-                 server.returncode)
+    checks.append(Check("server exits 0 on SIGINT", server.returncode == 0,
+                        f"status {server.returncode}"))
+    checks += [p.same_workload(i) for i, p in enumerate(pairs)]
+    rep = Report(args, soak, pairs, checks, server_metrics, server.returncode)
     # 6. the results
     for c in checks:
         say(f"check {'ok    ' if c.ok else 'FAILED'} {c.name}: {c.detail}")
-    say(f"served {served.output_throughput:.1f} ÷ offline {offline.output_throughput:.1f} "
-        f"output tok/s = {rep.ratio:.2f} (target >= 0.85)")
+    say(f"served ÷ offline output tok/s: {', '.join(f'{p.ratio:.2f}' for p in pairs)}; "
+        f"median {rep.median.ratio:.2f} (target >= 0.85)")
     for path in write_results(rep):
         say(f"wrote {path}")
     print("\n" + markdown(rep), flush=True)
