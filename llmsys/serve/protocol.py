@@ -262,13 +262,9 @@ class ChatStreamChoice(BaseModel):
     finish_reason: str | None = None
 
 
-class ChatCompletionChunk(BaseModel):
-    id: str
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    choices: list[ChatStreamChoice]
-    usage: Usage | None = None
+class _UsageWhenSet(BaseModel):
+    """Responses whose `usage` is left out of the JSON unless it was set (a stream's chunks
+    carry it only in the final usage chunk)."""
 
     @model_serializer(mode="wrap")
     def _usage_when_set(self, handler: Any) -> dict[str, Any]:
@@ -276,6 +272,15 @@ class ChatCompletionChunk(BaseModel):
         if data.get("usage") is None:
             data.pop("usage", None)
         return data
+
+
+class ChatCompletionChunk(_UsageWhenSet):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatStreamChoice]
+    usage: Usage | None = None
 
 
 class CompletionLogprobs(BaseModel):
@@ -292,20 +297,13 @@ class CompletionChoice(BaseModel):
     finish_reason: str | None
 
 
-class CompletionResponse(BaseModel):
+class CompletionResponse(_UsageWhenSet):
     id: str
     object: Literal["text_completion"] = "text_completion"
     created: int = Field(default_factory=lambda: int(time.time()))
     model: str
     choices: list[CompletionChoice]
     usage: Usage | None = None
-
-    @model_serializer(mode="wrap")
-    def _usage_when_set(self, handler: Any) -> dict[str, Any]:
-        data = handler(self)
-        if data.get("usage") is None:
-            data.pop("usage", None)
-        return data
 
 
 class ModelCard(BaseModel):
