@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (CheckpointError, TemplateError, ValueError, OSError) as e:
+    except (CheckpointError, TemplateError, ValueError, OSError, ImportError) as e:
         print(f"llmsys {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -14,6 +14,7 @@ CPU) the PyTorch paths are used and a warning says why. LLMSYS_CPU_KERNELS=0 tur
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import sys
@@ -25,17 +26,11 @@ import torch
 
 KERNEL_MAX_ROWS = 8
 _SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
-_state: dict[str, ModuleType | None] = {}
 
 
+@functools.cache
 def kernels() -> ModuleType | None:
     """The compiled C++ module, or None where it cannot be used (reason warned once)."""
-    if "module" not in _state:
-        _state["module"] = _load()
-    return _state["module"]
-
-
-def _load() -> ModuleType | None:
     if os.environ.get("LLMSYS_CPU_KERNELS", "1") == "0":
         return None
     if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
