@@ -55,6 +55,7 @@ from llmsys.serve.serving import (
     error_event,
     guarded_events,
     sse,
+    usage_of,
 )
 from llmsys.serve.tool_parsers import (
     HermesToolParser,
@@ -170,13 +171,6 @@ def _finish_reason(c: CompletionOutput, num_calls: int) -> str | None:
     return c.finish_reason
 
 
-def _usage(out: RequestOutput) -> Usage:
-    prompt = len(out.prompt_token_ids)
-    generated = sum(len(c.token_ids) for c in out.outputs)
-    return Usage(prompt_tokens=prompt, completion_tokens=generated,
-                 total_tokens=prompt + generated)
-
-
 def _chat_response(ctx: Serving, req: ChatCompletionRequest, request_id: str,
                    out: RequestOutput, mode: ToolMode) -> ChatCompletionResponse:
     choices = []
@@ -193,7 +187,7 @@ def _chat_response(ctx: Serving, req: ChatCompletionRequest, request_id: str,
             content=content, tool_calls=tool_calls), logprobs=logprobs,
             finish_reason=_finish_reason(c, len(calls))))
     return ChatCompletionResponse(id=request_id, model=ctx.model_name, choices=choices,
-                                  usage=_usage(out))
+                                  usage=usage_of([out]))
 
 
 @dataclass
@@ -233,8 +227,7 @@ async def _chat_events(ctx: Serving, req: ChatCompletionRequest, request_id: str
                                              finish_reason=_finish_reason(c, state.num_calls)))
     if include_usage:
         generated = sum(s.num_tokens for s in states)
-        yield chunk(None, Usage(prompt_tokens=num_prompt_tokens, completion_tokens=generated,
-                                total_tokens=num_prompt_tokens + generated))
+        yield chunk(None, Usage.of(num_prompt_tokens, generated))
     yield SSE_DONE
 
 

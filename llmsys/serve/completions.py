@@ -39,6 +39,7 @@ from llmsys.serve.serving import (
     error_event,
     guarded_events,
     sse,
+    usage_of,
 )
 
 DEFAULT_MAX_TOKENS = 16
@@ -94,15 +95,8 @@ async def create_completion(ctx: Serving, req: CompletionRequest, raw: Request) 
     choices = [_choice(ctx, req, i * req.n + c.index, out, c)
                for i, out in enumerate(finals) for c in out.outputs]
     body = CompletionResponse(id=request_id, model=ctx.model_name, choices=choices,
-                              usage=_usage(finals))
+                              usage=usage_of(finals))
     return JSONResponse(body.model_dump())
-
-
-def _usage(outputs: list[RequestOutput]) -> Usage:
-    prompt = sum(len(o.prompt_token_ids) for o in outputs)
-    generated = sum(len(c.token_ids) for o in outputs for c in o.outputs)
-    return Usage(prompt_tokens=prompt, completion_tokens=generated,
-                 total_tokens=prompt + generated)
 
 
 def _choice(ctx: Serving, req: CompletionRequest, index: int, out: RequestOutput,
@@ -189,5 +183,5 @@ async def _events(ctx: Serving, req: CompletionRequest, request_id: str,
         if out.finished:
             finished.append(out)
     if include_usage:
-        yield chunk([], _usage(finished))
+        yield chunk([], usage_of(finished))
     yield SSE_DONE

@@ -31,11 +31,18 @@ from llmsys.serve.async_engine import (
 )
 from llmsys.serve.config import ServerConfig
 from llmsys.serve.errors import APIError, bad_request
-from llmsys.serve.protocol import CompletionLogprobs, TokenLogprob, TopLogprob
+from llmsys.serve.protocol import CompletionLogprobs, TokenLogprob, TopLogprob, Usage
 
 T = TypeVar("T")
 log = logging.getLogger("llmsys.serve")
 SSE_DONE = "data: [DONE]\n\n"
+
+
+def usage_of(outputs: list[RequestOutput]) -> Usage:
+    """Token counts of finished requests: their prompts and all their completions."""
+    prompt = sum(len(o.prompt_token_ids) for o in outputs)
+    generated = sum(len(c.token_ids) for o in outputs for c in o.outputs)
+    return Usage.of(prompt, generated)
 
 
 class ClientGone(Exception):
