@@ -45,6 +45,11 @@ def upcast_is_faster(dtype: torch.dtype, size: int = 512, rows: int = 128) -> bo
     return _UPCAST_PROBED[dtype]
 
 
+def _no_grad() -> bool:
+    """The C++ kernels have no backward: they serve inference only."""
+    return not torch.is_grad_enabled()
+
+
 class CpuLinear(nn.Linear):
     """nn.Linear choosing its CPU path per call by the number of rows (see module doc)."""
 
@@ -54,7 +59,7 @@ class CpuLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
-        if self.module is not None and 0 < rows <= KERNEL_MAX_ROWS:
+        if self.module is not None and 0 < rows <= KERNEL_MAX_ROWS and _no_grad():
             y = self.module.linear(x.reshape(rows, x.shape[-1]), self.weight)
             if self.bias is not None:
                 y += self.bias
@@ -72,7 +77,7 @@ class CpuRMSNorm(RMSNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
-        if 0 < rows <= KERNEL_MAX_ROWS and x.dtype == self.weight.dtype:
+        if 0 < rows <= KERNEL_MAX_ROWS and x.dtype == self.weight.dtype and _no_grad():
             return self.module.rms_norm(x.reshape(rows, -1), self.weight, self.eps).view(x.shape)
         return super().forward(x)
 

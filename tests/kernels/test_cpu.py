@@ -65,10 +65,20 @@ def test_cpu_linear_every_path_agrees(dtype):
     for rows in (1, 3, 8, 12, 40):
         x = torch.randn(1, rows, 64, generator=g).to(dtype)
         ref = F.linear(x.double(), lin.weight.double(), lin.bias.double())
-        got = lin(x)
+        with torch.no_grad():  # the kernel serves inference only
+            got = lin(x)
         assert got.shape == (1, rows, 24) and got.dtype == dtype
         tol = 1e-5 if dtype == torch.float32 else 2 * torch.finfo(dtype).eps
         assert ((got.double() - ref).abs() <= tol * (1 + ref.abs())).all(), rows
+
+
+def test_kernels_step_aside_when_gradients_are_needed():
+    """With autograd on, one row still gets the gradient of the plain layer."""
+    lin = CpuLinear(16, 4, bias=True)
+    lin.module = cpu.kernels()
+    x = torch.randn(1, 16, requires_grad=True)
+    lin(x).sum().backward()
+    assert torch.allclose(x.grad, lin.weight.sum(0).detach()[None])
 
 
 def test_swap_shares_parameters_and_keeps_outputs(tmp_path, monkeypatch):
@@ -101,7 +111,8 @@ def test_rms_norm_kernel_rounds_like_the_reference(dtype):
     fast.weight, fast.module = ref.weight, cpu.kernels()
     for rows in (1, 5, 8, 30):  # 30 rows take the PyTorch path
         x = (torch.randn(1, rows, 96, generator=g) * 3).to(dtype)
-        a, b = ref(x), fast(x)
+        with torch.no_grad():  # the kernel serves inference only
+            a, b = ref(x), fast(x)
         assert a.dtype == b.dtype == dtype and a.shape == b.shape
         # float32 sums in another order: at most one rounding step apart.
         assert ((a.double() - b.double()).abs()
