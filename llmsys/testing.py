@@ -1,4 +1,4 @@
-"""Helpers for tests and benchmarks: a ChatML chat template and a tiny tokenizer built on the fly.
+"""Helpers for tests and benchmarks: a tiny tokenizer and random-weight checkpoints, made here.
 
 Nothing here downloads anything. ``make_tiny_tokenizer`` trains a small byte-level BPE tokenizer on
 a fixed corpus (standard-library docstrings plus a few fixed sentences) and writes it in the Hugging
@@ -16,108 +16,15 @@ import textwrap
 from pathlib import Path
 
 import torch
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer
 
-# A ChatML template (``<|im_start|>role\n...<|im_end|>\n``) with Hermes-style tool calling.
-# Tools go into the system turn as JSON lines inside <tools></tools>; assistant tool calls are
-# rendered as <tool_call>{json}</tool_call> blocks; consecutive ``tool`` messages share one user
-# turn, each result wrapped in <tool_response></tool_response>. Reasoning (``reasoning_content``)
-# is rendered inside <think></think> at the start of an assistant turn.
-CHAT_TEMPLATE = """\
-{%- macro text(content) -%}
-{%- if content is string -%}
-{{ content }}
-{%- elif content is iterable -%}
-{%- for part in content if part.type == 'text' -%}
-{{ part.text }}
-{%- endfor -%}
-{%- endif -%}
-{%- endmacro -%}
-{%- if messages and messages[0].role == 'system' -%}
-{%- set system_text = text(messages[0].content) -%}
-{%- set conversation = messages[1:] -%}
-{%- else -%}
-{%- set system_text = none -%}
-{%- set conversation = messages -%}
-{%- endif -%}
-{%- if tools %}
-<|im_start|>system
-{% if system_text %}
-{{ system_text }}
-
-{% endif %}
-# Tools
-
-You can call functions to help with the user's request. \
-Their signatures are listed as JSON inside <tools></tools>:
-<tools>
-{% for tool in tools %}
-{{ tool | tojson }}
-{% endfor %}
-</tools>
-
-To call a function, answer with a JSON object holding its name and arguments \
-inside <tool_call></tool_call>, one block per call:
-<tool_call>
-{"name": <function-name>, "arguments": <arguments-as-json-object>}
-</tool_call><|im_end|>
-{% elif system_text is not none %}
-<|im_start|>system
-{{ system_text }}<|im_end|>
-{% endif %}
-{% for message in conversation %}
-{% if message.role == 'tool' %}
-{% if loop.first or loop.previtem.role != 'tool' %}
-<|im_start|>user
-{% else %}
-{{ '\\n' }}
-{%- endif %}
-<tool_response>
-{{ text(message.content) }}
-</tool_response>
-{%- if loop.last or loop.nextitem.role != 'tool' %}
-<|im_end|>
-{% endif %}
-{% elif message.role == 'assistant' %}
-<|im_start|>assistant
-{% if message.reasoning_content %}
-<think>
-{{ message.reasoning_content }}
-</think>
-
-{% endif %}
-{{ text(message.content) }}
-{%- for call in message.tool_calls or [] %}
-{% set fn = call.function if call.function is defined else call %}
-{% set args = fn.arguments if fn.arguments is string else fn.arguments | tojson %}
-{% if not loop.first or message.content %}{{ '\\n' }}{% endif %}
-<tool_call>
-{{ '{"name": ' ~ (fn.name | tojson) ~ ', "arguments": ' ~ args ~ '}' }}
-</tool_call>
-{%- endfor %}
-<|im_end|>
-{% else %}
-<|im_start|>{{ message.role }}
-{{ text(message.content) }}<|im_end|>
-{% endif %}
-{% endfor %}
-{% if add_generation_prompt %}
-<|im_start|>assistant
-{% endif %}
-"""
-
-SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
-"""Control tokens of the tiny tokenizer; ``decode(skip_special_tokens=True)`` drops them."""
-
-MARKUP_TOKENS = (
-    "<tool_call>",
-    "</tool_call>",
-    "<tool_response>",
-    "</tool_response>",
-    "<think>",
-    "</think>",
+from llmsys.train.tokenizer import (  # noqa: F401  (re-exported for tests)
+    CHAT_TEMPLATE,
+    MARKUP_TOKENS,
+    SPECIAL_TOKENS,
+    save_tokenizer,
+    train_tokenizer,
 )
-"""Added tokens that are never split but, as in Qwen, survive ``skip_special_tokens=True``."""
 
 _SENTENCES = (
     "The quick brown fox jumps over the lazy dog.",
@@ -154,50 +61,6 @@ def _corpus() -> list[str]:
     return docs + list(_SENTENCES)
 
 
-def _train_backend(vocab_size: int) -> Tokenizer:
-    """Train the byte-level BPE and append the added tokens at the end of the vocabulary."""
-    n_added = len(SPECIAL_TOKENS) + len(MARKUP_TOKENS)
-    n_bytes = len(pre_tokenizers.ByteLevel.alphabet())
-    if vocab_size < n_bytes + n_added:
-        raise ValueError(f"vocab_size must be at least {n_bytes + n_added}, got {vocab_size}")
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    backend.decoder = decoders.ByteLevel()
-    backend.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - n_added,
-        min_frequency=2,
-        show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    backend.train_from_iterator(_corpus(), trainer=trainer)
-    trained = backend.get_vocab_size()
-    if trained != vocab_size - n_added:
-        raise ValueError(f"the built-in corpus supports vocab_size up to {trained + n_added}")
-    backend.add_tokens([_added(token, special=True) for token in SPECIAL_TOKENS])
-    backend.add_tokens([_added(token, special=False) for token in MARKUP_TOKENS])
-    return backend
-
-
-def _added(content: str, special: bool) -> AddedToken:
-    return AddedToken(content, special=special, normalized=False)
-
-
-def _tokenizer_config() -> dict:
-    # bos_token is null, as in Qwen's ChatML models: nothing is prepended when encoding, so
-    # encode(text) is the same with and without add_special_tokens, and the template needs no BOS.
-    return {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": None,
-        "eos_token": "<|im_end|>",
-        "pad_token": "<|endoftext|>",
-        "unk_token": None,
-        "model_max_length": 4096,
-        "clean_up_tokenization_spaces": False,
-        "chat_template": CHAT_TEMPLATE,
-    }
-
-
 def make_tiny_tokenizer(path: str | os.PathLike, vocab_size: int = 512) -> None:
     """Write a tiny byte-level BPE tokenizer (tokenizer.json, tokenizer_config.json) to ``path``.
 
@@ -207,10 +70,8 @@ def make_tiny_tokenizer(path: str | os.PathLike, vocab_size: int = 512) -> None:
     """
     directory = Path(path)
     directory.mkdir(parents=True, exist_ok=True)
-    backend = _train_backend(vocab_size)
-    backend.save(str(directory / "tokenizer.json"))
-    config = json.dumps(_tokenizer_config(), indent=2, ensure_ascii=False)
-    (directory / "tokenizer_config.json").write_text(config + "\n", encoding="utf-8")
+    backend = train_tokenizer(_corpus(), vocab_size, split_digits=False)
+    save_tokenizer(backend, directory)
 
 
 # ---- tiny random-weight checkpoints -------------------------------------------------------
