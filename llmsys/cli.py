@@ -1,11 +1,14 @@
 """The `llmsys` command.
 
-    llmsys generate --model DIR [--dtype auto] [--max-tokens 64] [--temperature 0] "prompt"
-    llmsys chat --model DIR                 # interactive; tokens stream as they come
+    llmsys generate [--model DIR] [--dtype auto] [--max-tokens 64] [--temperature 0] "prompt"
+    llmsys chat [--model DIR]               # interactive; tokens stream as they come
     llmsys tiny-checkpoint DIR --family llama [--hidden-size 256 --layers 4 ...]
-    llmsys serve --model DIR [--host 127.0.0.1] [--port 8000] [--api-key KEY ...]  # OpenAI API
+    llmsys serve [--model DIR] [--host 127.0.0.1] [--port 8000] [--api-key KEY ...]  # OpenAI API
     llmsys bench serve --base-url URL --num-prompts N --request-rate R [...]  # load a server
+    llmsys train tokenizer|pretrain|sft ...  # see llmsys/train/cli.py
+    llmsys eval organism [--model DIR | --base-url URL]  # the bundled model's tool-use tasks
 
+Without --model, the bundled model (models/llmsys-tiny-chat) is used.
 Errors a user can cause (bad paths, bad values) print one line and exit with status 2.
 """
 
@@ -20,10 +23,23 @@ from llmsys.errors import CheckpointError, TemplateError
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="checkpoint directory (Hugging Face layout)")
+    p.add_argument("--model", default=None,
+                   help="checkpoint directory (Hugging Face layout); default: the bundled model")
     p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--max-model-len", type=int, default=None)
+
+
+def _model_dir(args: argparse.Namespace) -> str:
+    """--model, or the bundled model (models/llmsys-tiny-chat) when it is not given."""
+    if args.model is not None:
+        return args.model
+    from llmsys.train.organism import DEFAULT_OUT
+
+    if not (DEFAULT_OUT / "config.json").is_file():
+        raise CheckpointError(f"no --model given and the bundled model is not at {DEFAULT_OUT}; "
+                              "pass --model DIR or build it with `make organism`")
+    return str(DEFAULT_OUT)
 
 
 def _add_sampling_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
@@ -45,7 +61,8 @@ def _sampling_params(args: argparse.Namespace):
 def _load(args: argparse.Namespace):
     from llmsys import LLM
 
-    return LLM(args.model, dtype=args.dtype, device=args.device, max_model_len=args.max_model_len)
+    return LLM(_model_dir(args), dtype=args.dtype, device=args.device,
+               max_model_len=args.max_model_len)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -64,7 +81,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
     params = _sampling_params(args)
     llm = _load(args)
     messages: list[dict] = [{"role": "system", "content": args.system}] if args.system else []
-    print("Chatting with", args.model, "- an empty line or Ctrl-D ends.", file=sys.stderr)
+    print("Chatting with", _model_dir(args), "- an empty line or Ctrl-D ends.", file=sys.stderr)
     while True:
         try:
             user = input("> ")
@@ -107,9 +124,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     keys = args.api_key or ([os.environ["LLMSYS_API_KEY"]] if os.environ.get("LLMSYS_API_KEY")
                             else [])
+    model = _model_dir(args)
+    name = args.served_model_name or ("llmsys-tiny-chat" if args.model is None else None)
     run_server(ServerConfig(
-        model=args.model, host=args.host, port=args.port, api_keys=keys,
-        served_model_name=args.served_model_name, dtype=args.dtype, device=args.device,
+        model=model, host=args.host, port=args.port, api_keys=keys,
+        served_model_name=name, dtype=args.dtype, device=args.device,
         max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
         max_body_bytes=args.max_body_bytes, max_n=args.max_n,
         max_concurrent_requests=args.max_concurrent_requests))
@@ -165,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = bench.add_parser("serve", help="stream requests to a server; report latency, goodput")
     add_serve_args(p)
     p.set_defaults(func=cmd_bench_serve)
+
+    from llmsys.train.cli import add_eval_parser, add_train_parser
+
+    add_train_parser(sub)
+    add_eval_parser(sub)
     return parser
 
 

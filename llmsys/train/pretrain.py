@@ -83,7 +83,8 @@ def write_generation_config(tokenizer: Tokenizer, out: Path) -> None:
 
 def pretrain(data: list[str | os.PathLike], tokenizer_dir: str | os.PathLike,
              cfg: TrainConfig, *, shape: ModelShape | None = None, seq_len: int = 512,
-             eval_fraction: float = 0.02, resume: bool = False) -> History:
+             eval_fraction: float = 0.02, max_eval_rows: int = 64,
+             resume: bool = False) -> History:
     shape = shape or ModelShape()
     if seq_len > shape.max_position_embeddings:
         raise ValueError(f"seq_len {seq_len} exceeds max_position_embeddings "
@@ -93,7 +94,7 @@ def pretrain(data: list[str | os.PathLike], tokenizer_dir: str | os.PathLike,
     train_texts, eval_texts = split_eval(texts, eval_fraction)
     rows, eval_rows = text_rows(train_texts, tokenizer, seq_len), []
     if eval_texts:
-        eval_rows = text_rows(eval_texts, tokenizer, seq_len)
+        eval_rows = text_rows(eval_texts, tokenizer, seq_len)[:max_eval_rows]
     hf_config = shape.hf_config(tokenizer)
     torch.manual_seed(cfg.seed)
     model = Transformer(ModelConfig.from_hf(hf_config))

@@ -32,7 +32,7 @@ def chat_rows(chats: list[dict], tokenizer: Tokenizer, seq_len: int) -> list[Row
 
 
 def sft(data: str | os.PathLike, model_dir: str | os.PathLike, cfg: TrainConfig, *,
-        seq_len: int | None = None, eval_fraction: float = 0.02,
+        seq_len: int | None = None, eval_fraction: float = 0.02, max_eval_rows: int = 64,
         resume: bool = False) -> History:
     tokenizer = Tokenizer.from_dir(model_dir)
     if tokenizer.chat_template is None:
@@ -43,7 +43,7 @@ def sft(data: str | os.PathLike, model_dir: str | os.PathLike, cfg: TrainConfig,
     seq_len = seq_len or config.max_position_embeddings
     train_chats, eval_chats = split_eval(list(read_chats(data)), eval_fraction)
     rows = chat_rows(train_chats, tokenizer, seq_len)
-    eval_rows = chat_rows(eval_chats, tokenizer, seq_len) if eval_chats else []
+    eval_rows = chat_rows(eval_chats, tokenizer, seq_len)[:max_eval_rows] if eval_chats else []
     write_generation_config(tokenizer, Path(cfg.out_dir))
     print(f"sft: {len(train_chats)} chats in {len(rows)} rows of {seq_len}, "
           f"{len(eval_chats)} held out")

@@ -1,0 +1,300 @@
+"""The bundled model, end to end: data → tokenizer → pretraining → SFT → evaluation → model card.
+
+    make organism                                   # the committed models/llmsys-tiny-chat
+    python -m llmsys.train.organism --out DIR [--work build/organism] [--quick]
+
+1. Data (`organism_data`, `stdlib_corpus`): the knowledge base, synthetic tool-use chats and
+   held-out evaluation tasks; English text from the standard library's docstrings.
+2. Tokenizer: byte-level BPE (digits one per token) on the text and the rendered chats.
+3. Pretraining on the standard-library text plus a share of the rendered chats (so the chat
+   and tool-call syntax is familiar before fine-tuning).
+4. SFT on the chats: loss on the assistant's turns only.
+5. The checkpoint, tokenizer, knowledge base, loss curves and histories go to `--out`.
+6. Evaluation through the real server (`organism_eval`), and the model card (README.md) with
+   the data, size, recipe, times and scores.
+Each stage writes into `--work` and is skipped when its output exists, so an interrupted
+recipe continues where it stopped (training stages resume from their last checkpoint).
+`--quick` runs the same stages at toy sizes in a few minutes, to check the recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from llmsys.model.chat_template import render_chat_template
+from llmsys.train.pretrain import ModelShape, pretrain
+from llmsys.train.sft import sft
+from llmsys.train.tokenizer import COMPACT_CHAT_TEMPLATE, save_tokenizer, train_tokenizer
+from llmsys.train.trainer import TrainConfig
+
+DEFAULT_OUT = Path(__file__).resolve().parents[2] / "models" / "llmsys-tiny-chat"
+MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+               "generation_config.json")
+
+
+@dataclass
+class Recipe:
+    seed: int = 0
+    vocab_size: int = 4096
+    shape: ModelShape = field(default_factory=ModelShape)
+    seq_len: int = 512
+    num_train_chats: int = 30_000
+    num_eval_per_kind: int = 50
+    pretrain_chats: int = 10_000  # rendered chats mixed into the pretraining text
+    stdlib_chars: int | None = None  # all of it
+    pretrain_steps: int = 260
+    pretrain_batch: int = 16
+    pretrain_lr: float = 3e-3
+    sft_steps: int = 400
+    sft_batch: int = 16
+    sft_lr: float = 1.5e-3
+
+    @classmethod
+    def quick(cls) -> Recipe:
+        return cls(vocab_size=700, shape=ModelShape(hidden_size=64, num_layers=2, num_heads=4,
+                                                    num_kv_heads=2, intermediate_size=128),
+                   num_train_chats=400, num_eval_per_kind=4, pretrain_chats=100,
+                   stdlib_chars=300_000, pretrain_steps=20, pretrain_batch=4, sft_steps=20,
+                   sft_batch=4)
+
+
+def _render(chat: dict) -> str:
+    return render_chat_template(COMPACT_CHAT_TEMPLATE, chat["messages"], tools=chat.get("tools"))
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def _stage(name: str, done: Path) -> bool:
+    """True when the stage must run (its output `done` is missing)."""
+    if done.exists():
+        print(f"[organism] {name}: done already ({done})")
+        return False
+    print(f"[organism] {name} ...")
+    return True
+
+
+def build(recipe: Recipe, work: Path, out: Path, *, device: str = "cpu",
+          evaluate_model: bool = True) -> dict:
+    """Run the recipe; return the summary written to `out`/training/summary.json."""
+    from llmsys.train.organism_data import write_dataset
+    from llmsys.train.stdlib_corpus import write_stdlib_corpus
+
+    times_file = work / "times.json"
+    times = json.loads(times_file.read_text()) if times_file.is_file() else {}
+    data = work / "data"
+    # 1. data
+    t0 = time.perf_counter()
+    if _stage("data", data / "eval.jsonl"):
+        data.mkdir(parents=True, exist_ok=True)
+        write_stdlib_corpus(data / "stdlib.jsonl", max_chars=recipe.stdlib_chars)
+        write_dataset(data, seed=recipe.seed, num_train=recipe.num_train_chats,
+                      num_eval_per_kind=recipe.num_eval_per_kind)
+        times["data_s"] = time.perf_counter() - t0
+        times_file.write_text(json.dumps(times))
+    chats = _read_jsonl(data / "train.jsonl")
+    texts = [row["text"] for row in _read_jsonl(data / "stdlib.jsonl")]
+    # 2. tokenizer
+    t0 = time.perf_counter()
+    tok_dir = work / "tokenizer"
+    if _stage("tokenizer", tok_dir / "tokenizer_config.json"):
+        backend = train_tokenizer(texts + [_render(c) for c in chats], recipe.vocab_size)
+        save_tokenizer(backend, tok_dir, model_max_length=recipe.seq_len,
+                       chat_template=COMPACT_CHAT_TEMPLATE)
+        times["tokenizer_s"] = time.perf_counter() - t0
+        times_file.write_text(json.dumps(times))
+    # 3. pretraining: standard-library text + rendered chats, as plain text
+    mix = data / "pretrain_mix.jsonl"
+    if not mix.exists():
+        rendered = [{"text": _render(c)} for c in chats[: recipe.pretrain_chats]]
+        with open(mix, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(row) + "\n" for row in rendered)
+    pre_dir = work / "pretrain"
+    if _stage("pretrain", pre_dir / "done"):
+        cfg = TrainConfig(out_dir=pre_dir, steps=recipe.pretrain_steps,
+                          batch_size=recipe.pretrain_batch, lr=recipe.pretrain_lr,
+                          min_lr=recipe.pretrain_lr / 10,
+                          warmup_steps=max(1, recipe.pretrain_steps // 20),
+                          eval_every=max(1, recipe.pretrain_steps // 5),
+                          save_every=max(1, recipe.pretrain_steps // 10), seed=recipe.seed,
+                          device=device)
+        pretrain([mix, data / "stdlib.jsonl"], tok_dir, cfg, shape=recipe.shape,
+                 seq_len=recipe.seq_len, resume=True)
+        (pre_dir / "done").touch()
+    times["pretrain_s"] = _seconds(pre_dir)
+    # 4. SFT on the chats
+    sft_dir = work / "sft"
+    if _stage("sft", sft_dir / "done"):
+        cfg = TrainConfig(out_dir=sft_dir, steps=recipe.sft_steps, batch_size=recipe.sft_batch,
+                          lr=recipe.sft_lr, min_lr=recipe.sft_lr / 10,
+                          warmup_steps=max(1, recipe.sft_steps // 20),
+                          eval_every=max(1, recipe.sft_steps // 5),
+                          save_every=max(1, recipe.sft_steps // 10), seed=recipe.seed,
+                          device=device)
+        sft(data / "train.jsonl", pre_dir, cfg, seq_len=recipe.seq_len, resume=True)
+        (sft_dir / "done").touch()
+    times["sft_s"] = _seconds(sft_dir)
+    # 5. the bundled model
+    _export(work, out)
+    summary = {"recipe": asdict(recipe), "times": times, "device": device,
+               "histories": {stage: _final(work / stage) for stage in ("pretrain", "sft")}}
+    # 6. evaluation and model card
+    if evaluate_model:
+        from llmsys.train.organism_eval import format_report
+
+        t0 = time.perf_counter()
+        rep = evaluate_bundled(out, seed=recipe.seed, n_per_kind=recipe.num_eval_per_kind,
+                               device=device)
+        summary["eval"] = {k: v for k, v in rep.items() if k != "results"}
+        summary["eval_s"] = time.perf_counter() - t0
+        (out / "training" / "eval.json").write_text(json.dumps(rep, indent=1) + "\n")
+        print(format_report(rep))
+    (out / "training" / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    write_model_card(out, summary)
+    return summary
+
+
+def _seconds(stage_dir: Path) -> float:
+    return json.loads((stage_dir / "history.json").read_text())["seconds"]
+
+
+def _final(stage_dir: Path) -> dict:
+    h = json.loads((stage_dir / "history.json").read_text())
+    return {"steps": h["steps"][-1], "tokens": h["tokens"], "seconds": round(h["seconds"], 1),
+            "first_loss": h["loss"][0], "final_loss": h["loss"][-1],
+            "eval_loss": h["eval_loss"][-1] if h["eval_loss"] else None,
+            "eval_bpb": h["eval_bpb"][-1] if h["eval_bpb"] else None}
+
+
+def _export(work: Path, out: Path) -> None:
+    """Copy the model, the knowledge base and the training records into `out`."""
+    (out / "training").mkdir(parents=True, exist_ok=True)
+    for name in MODEL_FILES:
+        shutil.copyfile(work / "sft" / name, out / name)
+    shutil.copyfile(work / "data" / "knowledge.jsonl", out / "knowledge.jsonl")
+    for stage in ("pretrain", "sft"):
+        shutil.copyfile(work / stage / "loss.png", out / "training" / f"loss_{stage}.png")
+        shutil.copyfile(work / stage / "history.json", out / "training" / f"history_{stage}.json")
+
+
+def evaluate_bundled(model_dir: Path, *, seed: int = 0, n_per_kind: int = 50,
+                     device: str = "cpu", concurrency: int = 16) -> dict:
+    """The held-out tasks (the ones `write_dataset(seed=seed)` writes) through `llmsys serve`
+    on `model_dir`."""
+    from llmsys.serve.config import ServerConfig
+    from llmsys.serve.server import BackgroundServer
+    from llmsys.train.organism_data import eval_tasks, make_knowledge_base
+    from llmsys.train.organism_eval import evaluate
+
+    kb = make_knowledge_base(seed)
+    tasks = eval_tasks(kb, n_per_kind, seed=seed + 2)
+    config = ServerConfig(model=str(model_dir), port=0, served_model_name="llmsys-tiny-chat",
+                          device=device, dtype="float32")
+    with BackgroundServer(config) as server:
+        return evaluate(server.base_url, "llmsys-tiny-chat", tasks, kb,
+                        concurrency=concurrency)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the model goes")
+    p.add_argument("--work", type=Path, default=Path("build/organism"),
+                   help="intermediate files; stages found there are not redone")
+    p.add_argument("--quick", action="store_true", help="toy sizes: checks the recipe")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-eval", action="store_true", help="skip the evaluation")
+    args = p.parse_args(argv)
+    recipe = Recipe.quick() if args.quick else Recipe()
+    build(recipe, args.work, args.out, device=args.device, evaluate_model=not args.no_eval)
+    return 0
+
+
+
+def write_model_card(out: Path, summary: dict) -> None:
+    """README.md of the bundled model: data, size, recipe, times, scores."""
+    from llmsys.train.organism_eval import format_report
+
+    r, t, h = summary["recipe"], summary["times"], summary["histories"]
+    config = json.loads((out / "config.json").read_text())
+    n_params = _count_params(out)
+    shape = r["shape"]
+    scores = format_report(summary["eval"]) if "eval" in summary else "(not evaluated)"
+    total_min = sum(t.get(k, 0.0) for k in ("data_s", "tokenizer_s", "pretrain_s", "sft_s")) / 60
+    card = f"""# llmsys-tiny-chat
+
+A {n_params / 1e6:.1f}M-parameter Llama-shaped chat model trained from scratch by llmsys's own
+pipeline (`make organism`, `llmsys/train/organism.py`), the default model of `make run` and
+`llmsys serve`. It greets, answers arithmetic questions by calling a `calculator` tool, looks
+facts up with a `search` tool over the knowledge base shipped next to it
+(`knowledge.jsonl`), chains the two, and declines what no tool helps with. It knows nothing
+else: it is a test organism, small enough to train on two CPU cores in about an hour.
+
+## Model
+- Llama architecture: {shape['num_layers']} layers, hidden {shape['hidden_size']}, \
+{shape['num_heads']} heads ({shape['num_kv_heads']} key/value heads), SwiGLU \
+{shape['intermediate_size']}, RoPE, RMSNorm, tied embeddings; vocabulary \
+{config['vocab_size']}; context {r['seq_len']} tokens; float32 weights \
+({(out / 'model.safetensors').stat().st_size / 1e6:.1f} MB).
+- Tokenizer: byte-level BPE trained on the data below, one token per digit; ChatML turns
+  (`<|im_start|>role ... <|im_end|>`) with Hermes-style tool calls
+  (`<tool_call>{{"name": ..., "arguments": {{...}}}}</tool_call>`), which the server's
+  `tool_choice="auto"` parser turns into OpenAI `tool_calls`.
+
+## Data (no downloads)
+- General English: the docstrings of the Python standard library and the pydoc help topics
+  (`llmsys/train/stdlib_corpus.py`).
+- {r['num_train_chats']} synthetic conversations (`llmsys/train/organism_data.py`, seed
+  {r['seed']}): greetings, calculator questions, fact look-ups, two-step tasks (search, then
+  calculate) and requests to decline, over a knowledge base of invented cities, people and
+  companies; 20% of its entities, a quarter of the question phrasings and a quarter of the
+  calculator operands are held out for evaluation.
+
+## Recipe
+| stage | steps | batch | peak lr | target tokens | time | loss | eval loss | eval bits/byte |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|
+{_stage_row(f"pretrain (stdlib text + {r['pretrain_chats']} chats)", h['pretrain'],
+            r['pretrain_batch'], r['pretrain_lr'])}
+{_stage_row("SFT (loss on assistant turns)", h['sft'], r['sft_batch'], r['sft_lr'])}
+
+AdamW (betas 0.9/0.95, weight decay 0.1 on matrices), linear warmup then cosine decay to a
+tenth of the peak, gradient clipping at 1.0, packed rows whose attention stays inside each
+document. Whole recipe on `{summary['device']}`: {total_min:.0f} min (data \
+{t.get('data_s', 0):.0f} s, tokenizer {t.get('tokenizer_s', 0):.0f} s; evaluation \
+{summary.get('eval_s', 0):.0f} s more). Loss curves: `training/loss_pretrain.png`,
+`training/loss_sft.png`; histories and the evaluation in `training/`.
+
+## Scores (held-out tasks through `llmsys serve`, greedy, `tool_choice="auto"`)
+{scores}
+
+Reproduce: `make organism` (or `python -m llmsys.train.organism`); evaluate again with
+`llmsys eval organism --model models/llmsys-tiny-chat`.
+"""
+    (out / "README.md").write_text(card)
+
+
+def _stage_row(label: str, h: dict, batch: int, lr: float) -> str:
+    return (f"| {label} | {h['steps']} | {batch} | {lr} | {h['tokens']:,} | "
+            f"{h['seconds'] / 60:.1f} min | {h['final_loss']:.3f} | {_fmt(h['eval_loss'])} | "
+            f"{_fmt(h['eval_bpb'])} |")
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _count_params(out: Path) -> int:
+    from safetensors import safe_open
+
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        return sum(math.prod(f.get_slice(name).get_shape()) for name in f.keys())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
