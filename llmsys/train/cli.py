@@ -6,7 +6,8 @@
 
 Data files are text (one document per file) or JSONL ({"text": ...} per line; chats:
 {"messages": [...], "tools": [...]}). `--resume` continues from the checkpoint in --out.
-Under `torchrun --nproc_per_node N -m llmsys.cli train pretrain ...` the ranks share the work.
+Under `torchrun --standalone --nproc_per_node N -m llmsys.cli train pretrain ...` the ranks
+share the work (DistributedDataParallel; NCCL on GPUs, gloo on CPUs).
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ assistant's tokens only). Each optimizer step:
 3. clips the gradient norm, sets the warmup + cosine learning rate and steps `AdamW`;
 4. every `eval_every` steps measures the held-out loss and bits per byte; every `save_every`
    steps (and at the end) writes a checkpoint: the model in the Hugging Face layout that
-   `LLM(...)` loads, plus `trainer_state.pt` (optimizer, step, history) for an exact resume.
+   `LLM(...)` loads, plus `trainer_state.pt` (weights, optimizer, step, history) for an
+   exact resume.
 Under `torchrun` (WORLD_SIZE > 1) the model is wrapped in DistributedDataParallel and the
 ranks take interleaved micro-batches; rank 0 writes everything.
 Progress shows as a bar; `history.json` and `loss.png` (the loss curves) go to `out_dir`.
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from llmsys.model.checkpoint import load_model, save_checkpoint
+from llmsys.model.checkpoint import save_checkpoint
 from llmsys.model.transformer import Transformer
 from llmsys.train.data import IGNORE_INDEX, DocumentMask, Row, collate
 from llmsys.train.optim import AdamW, lr_at, param_groups
@@ -261,26 +262,31 @@ def _train_step(model: nn.Module, opt: AdamW, rows: list[Row], step: int, cfg: T
 def save(model: Transformer, hf_config: dict, opt: AdamW, history: History, out: Path,
          tokenizer_dir: str | os.PathLike) -> None:
     """The model (HF layout) and tokenizer in `out`, plus trainer_state.pt for resuming.
-    Written to a temporary name first, so an interruption never leaves half a checkpoint."""
+
+    trainer_state.pt holds the weights too, so it alone is enough to resume; every file is
+    written under a temporary name and renamed, so an interruption never leaves half a file."""
     out.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(model, hf_config, out)
+    staging = out / ".staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    save_checkpoint(model, hf_config, staging)
     for name in TOKENIZER_FILES:
         src = Path(tokenizer_dir) / name
         if src.is_file() and src.resolve() != (out / name).resolve():
-            shutil.copyfile(src, out / name)
-    state = {"step": history.steps[-1] if history.steps else 0, "optimizer": opt.state_dict(),
-             "history": asdict(history)}
-    torch.save(state, out / (STATE_FILE + ".tmp"))
-    os.replace(out / (STATE_FILE + ".tmp"), out / STATE_FILE)
-    (out / "history.json").write_text(json.dumps(asdict(history)) + "\n")
+            shutil.copyfile(src, staging / name)
+    state = {"step": history.steps[-1] if history.steps else 0, "model": model.state_dict(),
+             "optimizer": opt.state_dict(), "history": asdict(history)}
+    torch.save(state, staging / STATE_FILE)
+    (staging / "history.json").write_text(json.dumps(asdict(history)) + "\n")
+    for file in staging.iterdir():  # the state last: it is what a resume reads
+        if file.name != STATE_FILE:
+            os.replace(file, out / file.name)
+    os.replace(staging / STATE_FILE, out / STATE_FILE)
+    staging.rmdir()
 
 
 def _load_state(model: Transformer, opt: AdamW, out: Path, device: str) -> tuple[int, History]:
-    saved, _ = load_model(out, dtype=torch.float32, device=device)
-    with torch.no_grad():
-        for p, q in zip(model.parameters(), saved.parameters(), strict=True):
-            p.copy_(q)
     state = torch.load(out / STATE_FILE, map_location=device, weights_only=True)
+    model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     return state["step"], History(**state["history"])
 
