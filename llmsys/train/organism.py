@@ -7,7 +7,8 @@
    held-out evaluation tasks; English text from the standard library's docstrings.
 2. Tokenizer: byte-level BPE (digits one per token) on the text and the rendered chats.
 3. Pretraining on the standard-library text plus a share of the rendered chats (so the chat
-   and tool-call syntax is familiar before fine-tuning).
+   and tool-call syntax is familiar before fine-tuning) and short copy drills (so the model
+   learns early to copy names and numbers, which every tool call needs).
 4. SFT on the chats: loss on the assistant's turns only.
 5. The checkpoint, tokenizer, knowledge base, loss curves and histories go to `--out`.
 6. Evaluation through the real server (`organism_eval`), and the model card (README.md) with
@@ -47,19 +48,21 @@ class Recipe:
     num_train_chats: int = 30_000
     num_eval_per_kind: int = 50
     pretrain_chats: int = 10_000  # rendered chats mixed into the pretraining text
+    copy_drills: int = 6_000  # short copy exercises mixed in too (see organism_data)
     stdlib_chars: int | None = None  # all of it
     pretrain_steps: int = 260
     pretrain_batch: int = 16
-    pretrain_lr: float = 3e-3
+    # 3e-3 kept this model from ever learning to copy (digit losses stayed at ln 10)
+    pretrain_lr: float = 1e-3
     sft_steps: int = 400
     sft_batch: int = 16
-    sft_lr: float = 1.5e-3
+    sft_lr: float = 8e-4
 
     @classmethod
     def quick(cls) -> Recipe:
         return cls(vocab_size=700, shape=ModelShape(hidden_size=64, num_layers=2, num_heads=4,
                                                     num_kv_heads=2, intermediate_size=128),
-                   num_train_chats=400, num_eval_per_kind=4, pretrain_chats=100,
+                   num_train_chats=400, num_eval_per_kind=4, pretrain_chats=100, copy_drills=50,
                    stdlib_chars=300_000, pretrain_steps=20, pretrain_batch=4, sft_steps=20,
                    sft_batch=4)
 
@@ -110,10 +113,15 @@ def build(recipe: Recipe, work: Path, out: Path, *, device: str = "cpu",
                        chat_template=COMPACT_CHAT_TEMPLATE)
         times["tokenizer_s"] = time.perf_counter() - t0
         times_file.write_text(json.dumps(times))
-    # 3. pretraining: standard-library text + rendered chats, as plain text
+    # 3. pretraining: standard-library text + rendered chats + copy drills, as plain text
     mix = data / "pretrain_mix.jsonl"
     if not mix.exists():
+        from llmsys.train.organism_data import copy_drills, make_knowledge_base
+
+        drills = copy_drills(make_knowledge_base(recipe.seed), recipe.copy_drills,
+                             seed=recipe.seed + 3)
         rendered = [{"text": _render(c)} for c in chats[: recipe.pretrain_chats]]
+        rendered += [{"text": text} for text in drills]
         with open(mix, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(row) + "\n" for row in rendered)
     pre_dir = work / "pretrain"
@@ -255,11 +263,14 @@ else: it is a test organism, small enough to train on two CPU cores in about an 
   calculate) and requests to decline, over a knowledge base of invented cities, people and
   companies; 20% of its entities, a quarter of the question phrasings and a quarter of the
   calculator operands are held out for evaluation.
+- {r['copy_drills']} copy drills ("Copy: 4821 Tarvel 93 / Copied: 4821 Tarvel 93") mixed into
+  pretraining: without them (and with a peak learning rate of 3e-3) the model never learned
+  to copy a number from the question into its tool call.
 
 ## Recipe
 | stage | steps | batch | peak lr | target tokens | time | loss | eval loss | eval bits/byte |
 |---|---:|---:|---:|---:|---:|---:|---:|---:|
-{_stage_row(f"pretrain (stdlib text + {r['pretrain_chats']} chats)", h['pretrain'],
+{_stage_row(f"pretrain (stdlib text, {r['pretrain_chats']} chats, drills)", h['pretrain'],
             r['pretrain_batch'], r['pretrain_lr'])}
 {_stage_row("SFT (loss on assistant turns)", h['sft'], r['sft_batch'], r['sft_lr'])}
 

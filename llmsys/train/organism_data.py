@@ -512,6 +512,39 @@ _TURN_MAKERS = {"greeting": _greeting_turn, "calculator": _calculator_turn,
                 "search": _search_turn, "two_step": _two_step_turn, "decline": _decline_turn}
 
 
+# -------------------------------------------------------------------------- copy drills
+
+_DRILLS = ("Copy: {s}\nCopied: {s}", "Repeat after me: {s}. {s}.", "{s} | {s}",
+           "Say {s} twice: {s}, {s}.", "Write down {s}.\nWritten: {s}")
+
+
+def copy_drills(kb: KnowledgeBase, n: int, seed: int = 3) -> list[str]:
+    """`n` short texts that repeat numbers and invented words ("Copy: 4821 Tarvel 93\nCopied:
+    4821 Tarvel 93"). Mixed into pretraining, they teach a small model to copy (attend to an
+    earlier occurrence and continue it) early on; every tool call needs that skill, as names
+    and numbers go from the question into the call and from the result into the answer.
+    The words never equal a word of a knowledge-base name, so no entity leaks."""
+    rng = random.Random(seed)
+    taken = {w for e in kb.entities for w in _tokens(e.name)}
+
+    def item() -> str:
+        if rng.random() < 0.6:
+            return str(rng.randint(0, 10 ** rng.randint(1, 6)))
+        while True:
+            word = "".join(rng.choices(_SYLLABLES, k=rng.choice((2, 3))))
+            if word not in taken:
+                return word.capitalize() if rng.random() < 0.7 else word
+
+    texts = []
+    for _ in range(n):
+        lines = []
+        for _ in range(rng.randint(3, 6)):
+            s = " ".join(item() for _ in range(rng.randint(1, 4)))
+            lines.append(rng.choice(_DRILLS).format(s=s))
+        texts.append("\n".join(lines))
+    return texts
+
+
 # -------------------------------------------------------------------------- conversations
 
 def run_tool(kb: KnowledgeBase, name: str, arguments: dict) -> str:

@@ -366,3 +366,14 @@ def test_write_dataset(tmp_path) -> None:
         assert len(lines) == count
         rows = [json.loads(line) for line in lines]
     assert [EvalTask.from_dict(r).kind for r in rows] == [k for k in EVAL_KINDS for _ in range(4)]
+
+
+def test_copy_drills_repeat_their_items_and_leak_no_entity(kb):
+    drills = od.copy_drills(kb, 200, seed=5)
+    assert drills == od.copy_drills(kb, 200, seed=5)
+    names = {w for e in kb.entities for w in re.findall(r"[a-z]+", e.name.lower())}
+    for text in drills:
+        assert not names & set(re.findall(r"[a-z]+", text.lower()))
+        first = text.splitlines()[0]
+        if first.startswith("Copy: "):
+            assert text.splitlines()[1] == "Copied: " + first.removeprefix("Copy: ")
