@@ -9,7 +9,8 @@
 3. Pretraining on the standard-library text plus a share of the rendered chats (so the chat
    and tool-call syntax is familiar before fine-tuning) and short copy drills (so the model
    learns early to copy names and numbers, which every tool call needs).
-4. SFT on the chats: loss on the assistant's turns only.
+4. SFT on the chats plus chats about entities made up for training only (so the model learns
+   to copy unseen names rather than memorise the knowledge base): loss on assistant turns.
 5. The checkpoint, tokenizer, knowledge base, loss curves and histories go to `--out`.
 6. Evaluation through the real server (`organism_eval`), and the model card (README.md) with
    the data, size, recipe, times and scores.
@@ -43,19 +44,22 @@ MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_
 class Recipe:
     seed: int = 0
     vocab_size: int = 4096
-    shape: ModelShape = field(default_factory=ModelShape)
+    shape: ModelShape = field(default_factory=lambda: ModelShape(num_layers=4))
     seq_len: int = 512
     num_train_chats: int = 30_000
     num_eval_per_kind: int = 50
-    pretrain_chats: int = 10_000  # rendered chats mixed into the pretraining text
-    copy_drills: int = 6_000  # short copy exercises mixed in too (see organism_data)
+    pretrain_chats: int = 4_000  # rendered chats mixed into the pretraining text
+    copy_drills: int = 10_000  # short copy exercises mixed in too (see organism_data)
+    fresh_chats: int = 20_000  # SFT chats about entities outside the knowledge base
+    fresh_entities: int = 1_500
     stdlib_chars: int | None = None  # all of it
-    pretrain_steps: int = 260
-    pretrain_batch: int = 16
-    # 3e-3 kept this model from ever learning to copy (digit losses stayed at ln 10)
+    # Many small steps rather than few big ones: copying (an induction circuit) appears after
+    # a number of steps more than of tokens; and a peak lr of 3e-3 kept it from ever forming.
+    pretrain_steps: int = 700
+    pretrain_batch: int = 8
     pretrain_lr: float = 1e-3
-    sft_steps: int = 400
-    sft_batch: int = 16
+    sft_steps: int = 900
+    sft_batch: int = 8
     sft_lr: float = 8e-4
 
     @classmethod
@@ -63,6 +67,7 @@ class Recipe:
         return cls(vocab_size=700, shape=ModelShape(hidden_size=64, num_layers=2, num_heads=4,
                                                     num_kv_heads=2, intermediate_size=128),
                    num_train_chats=400, num_eval_per_kind=4, pretrain_chats=100, copy_drills=50,
+                   fresh_chats=200, fresh_entities=40,
                    stdlib_chars=300_000, pretrain_steps=20, pretrain_batch=4, sft_steps=20,
                    sft_batch=4)
 
@@ -137,7 +142,10 @@ def build(recipe: Recipe, work: Path, out: Path, *, device: str = "cpu",
                  seq_len=recipe.seq_len, resume=True)
         (pre_dir / "done").touch()
     times["pretrain_s"] = _seconds(pre_dir)
-    # 4. SFT on the chats
+    # 4. SFT on the chats, and as many about entities made up for training only
+    sft_data = data / "sft.jsonl"
+    if _stage("sft data", sft_data):
+        _write_sft_data(recipe, chats, sft_data)
     sft_dir = work / "sft"
     if _stage("sft", sft_dir / "done"):
         cfg = TrainConfig(out_dir=sft_dir, steps=recipe.sft_steps, batch_size=recipe.sft_batch,
@@ -146,7 +154,7 @@ def build(recipe: Recipe, work: Path, out: Path, *, device: str = "cpu",
                           eval_every=max(1, recipe.sft_steps // 5),
                           save_every=max(1, recipe.sft_steps // 10), seed=recipe.seed,
                           device=device)
-        sft(data / "train.jsonl", pre_dir, cfg, seq_len=recipe.seq_len, resume=True)
+        sft(sft_data, pre_dir, cfg, seq_len=recipe.seq_len, resume=True)
         (sft_dir / "done").touch()
     times["sft_s"] = _seconds(sft_dir)
     # 5. the bundled model
@@ -167,6 +175,24 @@ def build(recipe: Recipe, work: Path, out: Path, *, device: str = "cpu",
     (out / "training" / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     write_model_card(out, summary)
     return summary
+
+
+def _write_sft_data(recipe: Recipe, chats: list[dict], path: Path) -> None:
+    """The knowledge-base chats and the fresh-entity chats, interleaved in a seeded order."""
+    import random
+
+    from llmsys.train.organism_data import (
+        fresh_knowledge_base,
+        make_knowledge_base,
+        training_conversations,
+    )
+
+    fresh_kb = fresh_knowledge_base(make_knowledge_base(recipe.seed), recipe.fresh_entities,
+                                    seed=recipe.seed + 7)
+    rows = chats + training_conversations(fresh_kb, recipe.fresh_chats, seed=recipe.seed + 8)
+    random.Random(recipe.seed).shuffle(rows)
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
 
 
 def _seconds(stage_dir: Path) -> float:
@@ -263,6 +289,10 @@ else: it is a test organism, small enough to train on two CPU cores in about an 
   calculate) and requests to decline, over a knowledge base of invented cities, people and
   companies; 20% of its entities, a quarter of the question phrasings and a quarter of the
   calculator operands are held out for evaluation.
+- {r['fresh_chats']} more conversations for SFT about {r['fresh_entities']} entities made up for
+  training only (their invented words share nothing with the knowledge base): trained on
+  the knowledge base's entities alone, the model memorised them and searched for a known
+  name whatever the question asked about (0% on held-out search tasks).
 - {r['copy_drills']} copy drills ("Copy: 4821 Tarvel 93 / Copied: 4821 Tarvel 93") mixed into
   pretraining: without them (and with a peak learning rate of 3e-3) the model never learned
   to copy a number from the question into its tool call.
@@ -272,7 +302,7 @@ else: it is a test organism, small enough to train on two CPU cores in about an 
 |---|---:|---:|---:|---:|---:|---:|---:|---:|
 {_stage_row(f"pretrain (stdlib text, {r['pretrain_chats']} chats, drills)", h['pretrain'],
             r['pretrain_batch'], r['pretrain_lr'])}
-{_stage_row("SFT (loss on assistant turns)", h['sft'], r['sft_batch'], r['sft_lr'])}
+{_stage_row("SFT (assistant turns; all chats)", h['sft'], r['sft_batch'], r['sft_lr'])}
 
 AdamW (betas 0.9/0.95, weight decay 0.1 on matrices), linear warmup then cosine decay to a
 tenth of the peak, gradient clipping at 1.0, packed rows whose attention stays inside each

@@ -205,8 +205,8 @@ class KnowledgeBase:
 class _NameMaker:
     """Invented capitalised words, none equal to or inside another one, nor a template word."""
 
-    def __init__(self, rng: random.Random) -> None:
-        self.rng, self.used = rng, []
+    def __init__(self, rng: random.Random, taken: Sequence[str] = ()) -> None:
+        self.rng, self.used = rng, [w.lower() for w in taken]
 
     def word(self) -> str:
         while True:
@@ -218,21 +218,24 @@ class _NameMaker:
 
 
 def _held_out_flags(rng: random.Random, count: int, fraction: float) -> list[bool]:
+    if fraction == 0:
+        return [False] * count
     held = min(count - 1, max(1, round(count * fraction)))
     chosen = set(rng.sample(range(count), held))
     return [i in chosen for i in range(count)]
 
 
 def make_knowledge_base(seed: int = 0, num_entities: int = 300,
-                        held_out_fraction: float = 0.2) -> KnowledgeBase:
+                        held_out_fraction: float = 0.2,
+                        taken_words: Sequence[str] = ()) -> KnowledgeBase:
     """About 40% cities, 35% people and 25% companies; `held_out_fraction` of each kind is
     held out. People and companies that are not held out only refer to such cities."""
     if num_entities < 10:
         raise ValueError(f"num_entities must be at least 10, got {num_entities}")
-    if not 0 < held_out_fraction < 1:
-        raise ValueError(f"held_out_fraction must be between 0 and 1, got {held_out_fraction}")
+    if not 0 <= held_out_fraction < 1:
+        raise ValueError(f"held_out_fraction must be in [0, 1), got {held_out_fraction}")
     rng = random.Random(seed)
-    names = _NameMaker(rng)
+    names = _NameMaker(rng, taken_words)
     n_city, n_person = round(num_entities * 0.4), round(num_entities * 0.35)
     regions = [f"{names.word()} {rng.choice(_REGION_SUFFIXES)}" for _ in range(n_city // 8 + 2)]
     rivers = [names.word() for _ in range(n_city // 5 + 2)]
@@ -251,6 +254,24 @@ def make_knowledge_base(seed: int = 0, num_entities: int = 300,
             "founded": rng.randint(1850, 2020), "employees": rng.randint(5, 60_000),
             "headquarters": rng.choice(all_cities if held else open_cities)}, held))
     return KnowledgeBase(entities)
+
+
+def invented_words(kb: KnowledgeBase) -> list[str]:
+    """Every invented word of `kb`: the words of entity names, regions and rivers."""
+    words = []
+    for e in kb.entities:
+        words += e.name.split()
+        if e.kind == "city":
+            words += [str(e.facts["region"]).split()[0], str(e.facts["river"])]
+    return sorted(set(words))
+
+
+def fresh_knowledge_base(kb: KnowledgeBase, num_entities: int, seed: int) -> KnowledgeBase:
+    """Entities for training only, whose invented words share nothing with `kb`'s. Chats
+    about them teach the model to copy a name it has never seen into its search, and to read
+    the answer off the passage, instead of memorising the knowledge base's entities."""
+    return make_knowledge_base(seed, num_entities, held_out_fraction=0.0,
+                               taken_words=invented_words(kb))
 
 
 # ------------------------------------------------------------------------------ templates

@@ -377,3 +377,14 @@ def test_copy_drills_repeat_their_items_and_leak_no_entity(kb):
         first = text.splitlines()[0]
         if first.startswith("Copy: "):
             assert text.splitlines()[1] == "Copied: " + first.removeprefix("Copy: ")
+
+
+def test_fresh_entities_share_no_invented_word_with_the_knowledge_base(kb):
+    fresh = od.fresh_knowledge_base(kb, 200, seed=7)
+    ours = {w.lower() for w in od.invented_words(kb)}
+    theirs = {w.lower() for w in od.invented_words(fresh)}
+    assert not any(a in b or b in a for a in ours for b in theirs)
+    assert not any(e.held_out for e in fresh.entities)
+    held = [e.name for e in kb.entities if e.held_out]
+    text = json.dumps(training_conversations(fresh, 300, seed=8))
+    assert not any(name in text for name in held)
