@@ -265,10 +265,11 @@ def write_model_card(out: Path, summary: dict) -> None:
 
 A {n_params / 1e6:.1f}M-parameter Llama-shaped chat model trained from scratch by llmsys's own
 pipeline (`make organism`, `llmsys/train/organism.py`), the default model of `make run` and
-`llmsys serve`. It greets, answers arithmetic questions by calling a `calculator` tool, looks
-facts up with a `search` tool over the knowledge base shipped next to it
-(`knowledge.jsonl`), chains the two, and declines what no tool helps with. It knows nothing
-else: it is a test organism, small enough to train on two CPU cores in about an hour.
+`llmsys serve`. It is trained to greet, to answer arithmetic questions by calling a
+`calculator` tool, to look facts up with a `search` tool over the knowledge base shipped next
+to it (`knowledge.jsonl`), to chain the two, and to decline what no tool helps with; the
+scores below say how well it does each on held-out questions. It knows nothing else: it is
+a test organism, small enough to train on two CPU cores in under an hour.
 
 ## Model
 - Llama architecture: {shape['num_layers']} layers, hidden {shape['hidden_size']}, \
