@@ -125,7 +125,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
     keys = args.api_key or ([os.environ["LLMSYS_API_KEY"]] if os.environ.get("LLMSYS_API_KEY")
                             else [])
     model = _model_dir(args)
-    name = args.served_model_name or ("llmsys-tiny-chat" if args.model is None else None)
+    from llmsys.train.organism import BUNDLED_NAME
+
+    name = args.served_model_name or (BUNDLED_NAME if args.model is None else None)
     run_server(ServerConfig(
         model=model, host=args.host, port=args.port, api_keys=keys,
         served_model_name=name, dtype=args.dtype, device=args.device,

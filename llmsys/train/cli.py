@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 
+from llmsys.train.organism import BUNDLED_NAME
 from llmsys.train.trainer import TrainConfig
 
 
@@ -145,7 +146,7 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None,
                    help="checkpoint to serve in-process (default: the bundled model)")
     p.add_argument("--base-url", default=None, help="use this server instead (…/v1)")
-    p.add_argument("--served-model", default="llmsys-tiny-chat", help="model id at --base-url")
+    p.add_argument("--served-model", default=BUNDLED_NAME, help="model id at --base-url")
     p.add_argument("--api-key", default="none")
     p.add_argument("--device", default="cpu")
     p.add_argument("--n-per-kind", type=int, default=50, help="tasks of each kind")

@@ -127,13 +127,16 @@ class DocumentMask:
         causal = torch.ones(n, n, dtype=torch.bool, device=doc_ids.device).tril()
         self.mask = (same_doc & causal)[:, None]  # (B, 1, T, T)
         self.positions = positions
+        self._windowed: dict[int, torch.Tensor] = {}  # per window size, shared by layers
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                positions: torch.Tensor, window: int | None) -> torch.Tensor:
         mask = self.mask
         if window is not None:
-            distance = positions[:, :, None] - positions[:, None, :]
-            mask = mask & (distance < window)[:, None]
+            if window not in self._windowed:
+                distance = positions[:, :, None] - positions[:, None, :]
+                self._windowed[window] = mask & (distance < window)[:, None]
+            mask = self._windowed[window]
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                              enable_gqa=q.shape[1] != k.shape[1])
@@ -176,6 +179,10 @@ def read_chats(path: str | os.PathLike) -> Iterator[dict]:
             raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from None
         if not isinstance(chat, dict) or not isinstance(chat.get("messages"), list):
             raise ValueError(f"{path}:{n}: expected an object with a 'messages' list")
+        for i, message in enumerate(chat["messages"]):
+            if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+                raise ValueError(f"{path}:{n}: message {i} must be an object with a string "
+                                 "'role' (system, user, assistant or tool)")
         yield chat
 
 

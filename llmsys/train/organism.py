@@ -35,7 +35,8 @@ from llmsys.train.sft import sft
 from llmsys.train.tokenizer import COMPACT_CHAT_TEMPLATE, save_tokenizer, train_tokenizer
 from llmsys.train.trainer import TrainConfig
 
-DEFAULT_OUT = Path(__file__).resolve().parents[2] / "models" / "llmsys-tiny-chat"
+BUNDLED_NAME = "llmsys-tiny-chat"
+DEFAULT_OUT = Path(__file__).resolve().parents[2] / "models" / BUNDLED_NAME
 MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
                "generation_config.json")
 
@@ -229,10 +230,10 @@ def evaluate_bundled(model_dir: Path, *, seed: int = 0, n_per_kind: int = 50,
 
     kb = make_knowledge_base(seed)
     tasks = eval_tasks(kb, n_per_kind, seed=seed + 2)
-    config = ServerConfig(model=str(model_dir), port=0, served_model_name="llmsys-tiny-chat",
+    config = ServerConfig(model=str(model_dir), port=0, served_model_name=BUNDLED_NAME,
                           device=device, dtype="float32")
     with BackgroundServer(config) as server:
-        return evaluate(server.base_url, "llmsys-tiny-chat", tasks, kb,
+        return evaluate(server.base_url, BUNDLED_NAME, tasks, kb,
                         concurrency=concurrency)
 
 

@@ -22,6 +22,7 @@ Progress shows as a bar; `history.json` and `loss.png` (the loss curves) go to `
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -121,16 +122,10 @@ def batch_rows(rows: list[Row], step: int, micro: int, cfg: TrainConfig, rank: i
     return out
 
 
-_PERMS: dict[tuple[int, int, int], list[int]] = {}
-
-
+@functools.lru_cache(maxsize=2)
 def _permutation(n: int, seed: int, epoch: int) -> list[int]:
-    key = (n, seed, epoch)
-    if key not in _PERMS:
-        _PERMS.clear()
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        _PERMS[key] = torch.randperm(n, generator=gen).tolist()
-    return _PERMS[key]
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=gen).tolist()
 
 
 def token_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor],
@@ -152,6 +147,7 @@ def evaluate(model: nn.Module, rows: list[Row], token_bytes: torch.Tensor, devic
     model.eval()
     nats = nats_text = 0.0
     tokens = nbytes = 0
+    token_bytes = token_bytes.to(device)
     for i in range(0, len(rows), batch_size):
         batch = {k: v.to(device) for k, v in collate(rows[i:i + batch_size]).items()}
         with _autocast(device):
@@ -161,7 +157,7 @@ def evaluate(model: nn.Module, rows: list[Row], token_bytes: torch.Tensor, devic
         losses = F.cross_entropy(logits.flatten(0, 1).float(), labels,
                                  ignore_index=IGNORE_INDEX, reduction="none")
         target = labels != IGNORE_INDEX
-        per_token = token_bytes.to(device)[labels.clamp(min=0)] * target
+        per_token = token_bytes[labels.clamp(min=0)] * target
         nats += losses.sum().item()
         tokens += int(target.sum())
         nats_text += (losses * (per_token > 0)).sum().item()

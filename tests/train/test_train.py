@@ -346,3 +346,25 @@ def test_two_ranks_under_torchrun_match_one_process_with_twice_the_batch(tmp_pat
     ranks = run("two", [sys.executable, "-m", "torch.distributed.run", "--standalone",
                         "--nproc_per_node", "2"], batch=2)
     assert ranks == pytest.approx(single, abs=1e-4)
+
+
+def test_chat_files_with_malformed_messages_are_refused_with_the_line(tmp_path):
+    from llmsys.train.data import read_chats
+
+    path = tmp_path / "chats.jsonl"
+    path.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n'
+                    '{"messages": [{"content": "no role"}]}\n')
+    with pytest.raises(ValueError, match=r"chats.jsonl:2: message 0 must be an object"):
+        list(read_chats(path))
+
+
+def test_document_mask_with_a_window_matches_the_reference_attention():
+    from llmsys.kernels.attention import attention
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 12, 4, 8), torch.randn(1, 12, 2, 8), torch.randn(1, 12, 2, 8)
+    positions = torch.arange(12)[None]
+    mask = DocumentMask(torch.zeros(1, 12, dtype=torch.long), positions)
+    for window in (3, 5, 3):  # the second use of a window reads the cached mask
+        torch.testing.assert_close(mask.attend(0, q, k, v, positions, window),
+                                   attention(q, k, v, positions, None, window))
