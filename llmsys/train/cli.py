@@ -53,7 +53,8 @@ def cmd_tokenizer(args: argparse.Namespace) -> None:
     from llmsys.train.tokenizer import save_tokenizer, train_tokenizer
 
     backend = train_tokenizer(read_texts(args.input), args.vocab_size,
-                              split_digits=not args.no_split_digits)
+                              split_digits=not args.no_split_digits,
+                              split_capitals=not args.no_split_capitals)
     path = save_tokenizer(backend, args.out, model_max_length=args.model_max_length)
     print(f"wrote a {args.vocab_size}-token byte-level BPE tokenizer to {path}")
 
@@ -96,6 +97,9 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-max-length", type=int, default=4096)
     p.add_argument("--no-split-digits", action="store_true",
                    help="let BPE merge digits (default: one token per digit)")
+    p.add_argument("--no-split-capitals", action="store_true",
+                   help="let a space merge into the capitalised word after it (default: the "
+                        "space is its own token, so names tokenize the same everywhere)")
     p.set_defaults(func=cmd_tokenizer)
 
     p = train.add_parser("pretrain", help="pretrain a Llama-shaped model from scratch")

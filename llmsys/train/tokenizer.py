@@ -5,7 +5,10 @@
 `train_tokenizer(texts, vocab_size)` trains a byte-level BPE with the `tokenizers` library: any
 string round-trips exactly (every byte has a token), digits are split one per token (numbers are
 then copied digit by digit, which a small model learns far more easily than arbitrary chunks),
-and the chat-format tokens are appended at the end of the vocabulary: `<|endoftext|>`,
+a space before a capital letter is a token of its own (so a name is the same tokens after a
+space, a quote or a newline: "of Kadalvel?" and `{"query": "Kadalvel"}` share "Kadalvel"'s
+tokens, and a model copies the name from a question into a tool call token for token), and
+the chat-format tokens are appended at the end of the vocabulary: `<|endoftext|>`,
 `<|im_start|>`, `<|im_end|>` as special tokens and the tool/think markup (`<tool_call>`, ...)
 as added tokens that survive `skip_special_tokens` (as in Qwen). `save_tokenizer` writes the
 directory `Tokenizer.from_dir` (and `transformers.AutoTokenizer`) loads, with the ChatML +
@@ -19,7 +22,16 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import (
+    AddedToken,
+    Regex,
+    Tokenizer,
+    decoders,
+    models,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
 
 # A ChatML template (``<|im_start|>role\n...<|im_end|>\n``) with Hermes-style tool calling.
 # Tools go into the system turn as JSON lines inside <tools></tools>; assistant tool calls are
@@ -139,18 +151,21 @@ EOS_TOKEN, PAD_TOKEN = "<|im_end|>", "<|endoftext|>"
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, *, split_digits: bool = True,
-                    min_frequency: int = 2) -> Tokenizer:
-    """Train a byte-level BPE of exactly `vocab_size` tokens (BPE merges + the chat tokens)."""
+                    split_capitals: bool = True, min_frequency: int = 2) -> Tokenizer:
+    """Train a byte-level BPE of exactly `vocab_size` tokens (BPE merges + the chat tokens).
+    `split_digits`: one token per digit. `split_capitals`: a space before a capital letter is
+    its own token, so capitalised words tokenize the same wherever they stand."""
     n_added = len(SPECIAL_TOKENS) + len(MARKUP_TOKENS)
     n_bytes = len(pre_tokenizers.ByteLevel.alphabet())
     if vocab_size < n_bytes + n_added:
         raise ValueError(f"vocab_size must be at least {n_bytes + n_added} (256 bytes + "
                          f"{n_added} chat tokens), got {vocab_size}")
     backend = Tokenizer(models.BPE())
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    backend.pre_tokenizer = (pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), byte_level]) if split_digits
-        else byte_level)
+    space_before_capital = pre_tokenizers.Split(Regex(r" (?=\p{Lu})"), behavior="isolated")
+    steps = [space_before_capital] if split_capitals else []
+    steps += [pre_tokenizers.Digits(individual_digits=True)] if split_digits else []
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [*steps, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
     backend.decoder = decoders.ByteLevel()
     backend.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(vocab_size=vocab_size - n_added, min_frequency=min_frequency,

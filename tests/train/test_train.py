@@ -218,6 +218,14 @@ def test_trained_tokenizer_has_the_chat_tokens_and_splits_digits(trained_tok):
     assert digits == list("48200")
 
 
+def test_a_capitalised_name_is_the_same_tokens_after_a_space_and_a_quote(trained_tok):
+    name = trained_tok.encode("Kadalvel")
+    question, call = trained_tok.encode("the size of Kadalvel?"), trained_tok.encode('"Kadalvel"')
+    assert [question[i:i + len(name)] == name for i in range(len(question))].count(True) == 1
+    assert call[1:-1] == name
+    assert trained_tok.decode(question) == "the size of Kadalvel?"
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.text())
 def test_trained_tokenizer_round_trips_unicode(trained_tok, text):
