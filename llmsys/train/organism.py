@@ -47,19 +47,19 @@ class Recipe:
     vocab_size: int = 4096
     shape: ModelShape = field(default_factory=lambda: ModelShape(num_layers=4))
     seq_len: int = 512
-    num_train_chats: int = 30_000
+    num_train_chats: int = 20_000
     num_eval_per_kind: int = 50
     pretrain_chats: int = 4_000  # rendered chats mixed into the pretraining text
     copy_drills: int = 10_000  # short copy exercises mixed in too (see organism_data)
-    fresh_chats: int = 20_000  # SFT chats about entities outside the knowledge base
-    fresh_entities: int = 1_500
+    fresh_chats: int = 30_000  # SFT chats about entities outside the knowledge base, so
+    fresh_entities: int = 5_000  # many that memorising them cannot pay: the model must copy
     stdlib_chars: int | None = None  # all of it
     # Many small steps rather than few big ones: copying (an induction circuit) appears after
     # a number of steps more than of tokens; and a peak lr of 3e-3 kept it from ever forming.
     pretrain_steps: int = 700
     pretrain_batch: int = 8
     pretrain_lr: float = 1e-3
-    sft_steps: int = 900
+    sft_steps: int = 1_600
     sft_batch: int = 8
     sft_lr: float = 8e-4
 

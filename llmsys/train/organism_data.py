@@ -279,19 +279,24 @@ def fresh_knowledge_base(kb: KnowledgeBase, num_entities: int, seed: int) -> Kno
 
 _GREETINGS = {
     "hello": (["Hello!", "Hi there.", "Hey!", "Good morning!", "Hi, how are you?",
-               "Hello, is anyone there?", "Hey, nice to meet you.", "Good evening."],
+               "Hello, is anyone there?", "Hey, nice to meet you.", "Good evening.",
+               "Hey there!", "Good afternoon.", "Hi, hello!", "Hello there, how are you doing?"],
               ["Hello! How can I help you today?", "Hi! What can I do for you?",
                "Hello! I can do arithmetic and look things up in the knowledge base."]),
     "thanks": (["Thanks!", "Thank you very much.", "Thanks for the help.",
-                "Cheers, that was useful.", "Thank you!", "Great, thanks."],
+                "Cheers, that was useful.", "Thank you!", "Great, thanks.",
+                "Thanks a lot!", "Much appreciated.", "Thank you so much.", "Perfect, thank you."],
                ["You're welcome!", "Glad I could help.", "Happy to help. Anything else?"]),
     "abilities": (["What can you do?", "What are you able to help with?", "How can you help me?",
-                   "What tools do you have?", "What are you good at?"],
+                   "What tools do you have?", "What are you good at?",
+                   "What can you help me with?", "Which tools can you use?",
+                   "Tell me what you can do.", "What are your skills?"],
                   ["I can do arithmetic with a calculator and look up facts about places, "
                    "people and companies in a knowledge base.",
                    "I have a calculator and a knowledge-base search, so I can work out sums "
                    "and answer questions about the places, people and companies I know."]),
-    "goodbye": (["Goodbye!", "Bye.", "See you later!", "That's all for now, bye.", "Good night!"],
+    "goodbye": (["Goodbye!", "Bye.", "See you later!", "That's all for now, bye.", "Good night!",
+                 "Bye bye!", "Talk to you later.", "I have to go now, goodbye.", "See you soon."],
                 ["Goodbye! Have a nice day.", "Bye! Come back any time.", "See you!"]),
 }
 _DECLINES = [
@@ -320,7 +325,10 @@ _DECLINE_ANSWERS = [
 _CALC_QUESTIONS = ["What is {p}?", "Compute {p}.", "How much is {p}?",
                    "Could you work out {p} for me?", "Calculate {p}.", "What's {p}?",
                    "Please tell me {p}.", "I need to know {p}.", "What do you get for {p}?",
-                   "Quick question: what is {p}?", "Find {p}.", "What does {p} come to?"]
+                   "Quick question: what is {p}?", "Find {p}.", "What does {p} come to?",
+                   "Work out {p}.", "Can you calculate {p}?", "Tell me {p}.",
+                   "What is the value of {p}?", "Evaluate {p}.", "Help me with {p}.",
+                   "Give me {p}.", "What's the result of {p}?"]
 _CALC_ANSWERS = ["{expr} = {r}.", "The answer is {r}.", "{expr} is {r}.", "That comes to {r}.",
                  "The result is {r}."]
 _FACT_QUESTIONS = {
@@ -345,6 +353,54 @@ _FACT_QUESTIONS = {
     "headquarters": ["Where is {name} headquartered?", "In which city is {name} based?",
                      "Where are the headquarters of {name}?", "What city is {name} based in?"],
 }
+# Fact questions are also built from a frame and a noun phrase for the fact ("What is the
+# {np} of {name}?" with "number of inhabitants"): every noun phrase is used in training, and
+# whole frames (index 3, 7, ...) are held out, so an evaluation question is a sentence shape
+# the model never saw, made of words it did.
+_FACT_NOUNS = {
+    "population": ["population", "number of inhabitants", "number of residents",
+                   "number of people living in"],
+    "founded": ["founding year", "year of founding", "founding date"],
+    "region": ["region", "home region"],
+    "river": ["river", "river it lies on"],
+    "born": ["birth year", "year of birth"],
+    "profession": ["profession", "trade", "occupation", "line of work"],
+    "hometown": ["hometown", "birthplace", "city of birth", "home city"],
+    "employees": ["number of employees", "headcount", "staff size", "workforce"],
+    "headquarters": ["headquarters", "headquarters city", "base"],
+}
+_FACT_FRAMES = ["Tell me {name}'s {np}.", "Tell me the {np} of {name}.",
+                "Do you know the {np} of {name}?", "What's the {np} of {name}?",
+                "Can you look up the {np} of {name}?", "I'd like to know the {np} of {name}.",
+                "Find the {np} of {name}.", "{name}: what is its {np}?",
+                "Look up {name} and give me its {np}.", "Please find the {np} of {name}.",
+                "I want the {np} of {name}.", "What is {name}'s {np}?",
+                "Give me the {np} of {name}, please.", "Search for the {np} of {name}.",
+                "Could you tell me the {np} of {name}?", "What would the {np} of {name} be?"]
+# Optional words around a training question (never around an evaluation one).
+_PREFIXES = ["Hi! ", "Hey, ", "Hello. ", "Quick question: ", "Question: ", "Please help. ",
+             "I wonder: ", "OK. "]
+_SUFFIXES = [" Thanks!", " Thank you.", " Please.", " Thanks in advance."]
+_DECORATE_RATE = 0.3
+
+
+def fact_question_templates(fact: str, split: str) -> list[str]:
+    """Every question template about `fact` in `split`: the fact's own questions and the
+    frames with each of its noun phrases ("{name}" left to fill)."""
+    framed = [frame.replace("{np}", noun) for frame in _split(_FACT_FRAMES, split)
+              for noun in _FACT_NOUNS[fact]]
+    return _split(_FACT_QUESTIONS[fact], split) + framed
+
+
+def _decorate(rng: random.Random, question: str, split: str) -> str:
+    """A training question, sometimes with a greeting before it or thanks after it."""
+    if split == "eval" or rng.random() >= _DECORATE_RATE:
+        return question
+    if rng.random() < 0.5:
+        return rng.choice(_PREFIXES) + question
+    return question + rng.choice(_SUFFIXES)
+
+
 _FACT_ANSWERS = {
     "population": ["{name} has a population of {value}.", "The population of {name} is {value}."],
     "founded": ["{name} was founded in {value}.", "It was founded in {value}."],
@@ -362,35 +418,56 @@ _TWO_STEP = {
         "What is twice the population of {name}?",
         "What would the population of {name} be if it doubled?",
         "If {name} doubled in size, how many people would live there?",
-        "Double the population of {name}: what number is that?"],
+        "Double the population of {name}: what number is that?",
+        "What is the population of {name} times two?", "Take the population of {name} and "
+        "double it.", "Multiply the population of {name} by 2.",
+        "What is two times the number of people in {name}?"],
         "{v} * 2", ["Twice the population of {name} is {r}.", "It would be {r}."]),
     "since_founded": ("founded", [
         "How many years ago was {name} founded, counting from 2026?",
         "How old is {name} in 2026?",
         "How many years have passed since {name} was founded, as of 2026?",
-        "In 2026, how many years will it be since {name} was founded?"],
+        "In 2026, how many years will it be since {name} was founded?",
+        "How many years has {name} existed as of 2026?",
+        "Count the years from the founding of {name} to 2026.",
+        "How long ago, from 2026, was {name} founded?",
+        "What is 2026 minus the founding year of {name}?"],
         "2026 - {v}", ["{name} was founded {r} years before 2026.", "That is {r} years."]),
     "age": ("born", [
         "How old will {name} be in 2026?", "What age does {name} reach in 2026?",
-        "In 2026, how old will {name} be?", "How many years old is {name} in 2026?"],
+        "In 2026, how old will {name} be?", "How many years old is {name} in 2026?",
+        "What is {name}'s age in 2026?", "How old is {name} as of 2026?",
+        "Work out how old {name} is in 2026.", "In 2026, what is the age of {name}?"],
         "2026 - {v}", ["{name} will be {r} years old in 2026.", "{name} turns {r} in 2026."]),
     "grow": ("population", [
         "If the population of {name} grew by {k}, what would it be?",
         "{name} gains {k} residents. What is its new population?",
         "What would the population of {name} be with {k} more people?",
-        "Suppose {k} people move to {name}. How many people live there then?"],
+        "Suppose {k} people move to {name}. How many people live there then?",
+        "Add {k} to the population of {name}. What do you get?",
+        "What is the population of {name} plus {k}?",
+        "If {k} more people lived in {name}, what would its population be?",
+        "{k} newcomers arrive in {name}. What is the population now?"],
         "{v} + {k}", ["The population of {name} would be {r}.", "It would be {r}."]),
     "hire": ("employees", [
         "If {name} hired {k} more people, how many employees would it have?",
         "{name} adds {k} employees. How many does it have now?",
         "How many employees would {name} have after hiring {k} more?",
-        "Suppose {name} takes on {k} new staff. What is its headcount then?"],
+        "Suppose {name} takes on {k} new staff. What is its headcount then?",
+        "Add {k} to the number of employees of {name}.",
+        "Take the headcount of {name} and add {k}.",
+        "If {name} grew by {k} employees, what would its staff size be?",
+        "{name} hires {k} people. What is its workforce then?"],
         "{v} + {k}", ["{name} would have {r} employees.", "That makes {r} employees."]),
 }
 _APART_QUESTIONS = ["How many years apart were {a} and {b} founded?",
                     "How many years separate the founding of {a} and {b}?",
                     "What is the gap in years between the founding of {a} and {b}?",
-                    "By how many years do the founding dates of {a} and {b} differ?"]
+                    "By how many years do the founding dates of {a} and {b} differ?",
+                    "What is the difference between the founding years of {a} and {b}?",
+                    "How far apart in time were {a} and {b} founded?",
+                    "How many years lie between the founding of {a} and {b}?",
+                    "Compare the founding years of {a} and {b}: how many years apart are they?"]
 _APART_ANSWERS = ["{a} and {b} were founded {r} years apart.", "They were founded {r} years apart."]
 _TWO_STEP_WEIGHTS = {"double": 0.17, "since_founded": 0.2, "age": 0.16, "grow": 0.16,
                      "hire": 0.16, "apart": 0.15}
@@ -399,7 +476,9 @@ _TWO_STEP_WEIGHTS = {"double": 0.17, "since_founded": 0.2, "age": 0.16, "grow": 
 def _all_template_text() -> str:
     parts = [SYSTEM_PROMPT, NO_RESULTS, json.dumps(TOOLS), *PROFESSIONS, *_REGION_SUFFIXES,
              *_DECLINE_ANSWERS, *_CALC_QUESTIONS, *_CALC_ANSWERS, *_APART_QUESTIONS,
-             *_APART_ANSWERS, "is a city in the region on the river It was founded in and has a "
+             *_APART_ANSWERS, *_FACT_FRAMES, *_PREFIXES, *_SUFFIXES,
+             *(noun for nouns in _FACT_NOUNS.values() for noun in nouns),
+             "is a city in the region on the river It was founded in and has a "
              "population of who was born in is a company headquartered in employees"]
     for questions, answers in _GREETINGS.values():
         parts += questions + answers
@@ -479,7 +558,8 @@ def _calculator_turn(rng: random.Random, split: str, entities: list[Entity]) -> 
         if is_eval_operands(operands) == (split == "eval"):
             break
     result = calculator(expression)
-    question = _pick(rng, _CALC_QUESTIONS, split).format(p=rng.choice(surfaces))
+    question = _decorate(rng, _pick(rng, _CALC_QUESTIONS, split).format(
+        p=rng.choice(surfaces)), split)
     answer = rng.choice(_CALC_ANSWERS).format(expr=expression, r=result)
     return _Turn(question, [("calculator", {"expression": expression})], answer, result)
 
@@ -488,7 +568,9 @@ def _search_turn(rng: random.Random, split: str, entities: list[Entity]) -> _Tur
     entity = rng.choice(entities)
     fact = rng.choice(list(entity.facts))
     value = str(entity.facts[fact])
-    question = _pick(rng, _FACT_QUESTIONS[fact], split).format(name=entity.name)
+    templates = (_split(_FACT_QUESTIONS[fact], split) if rng.random() < 0.5
+                 else fact_question_templates(fact, split))
+    question = _decorate(rng, rng.choice(templates).format(name=entity.name), split)
     answer = rng.choice(_FACT_ANSWERS[fact]).format(name=entity.name, value=value,
                                                     a_value=_article(value))
     return _Turn(question, [("search", {"query": entity.name})], answer, value)
@@ -499,7 +581,8 @@ def _apart_turn(rng: random.Random, split: str, entities: list[Entity]) -> _Turn
     years = sorted((int(a.facts["founded"]), int(b.facts["founded"])), reverse=True)
     expression = f"{years[0]} - {years[1]}"
     result = calculator(expression)
-    return _Turn(_pick(rng, _APART_QUESTIONS, split).format(a=a.name, b=b.name),
+    return _Turn(_decorate(rng, _pick(rng, _APART_QUESTIONS, split).format(a=a.name, b=b.name),
+                           split),
                  [("search", {"query": a.name}), ("search", {"query": b.name}),
                   ("calculator", {"expression": expression})],
                  rng.choice(_APART_ANSWERS).format(a=a.name, b=b.name, r=result), result)
@@ -514,7 +597,8 @@ def _two_step_turn(rng: random.Random, split: str, entities: list[Entity]) -> _T
     k = rng.randint(1, 99) * rng.choice((10, 100))
     expression = expression_template.format(v=entity.facts[fact], k=k)
     result = calculator(expression)
-    return _Turn(_pick(rng, questions, split).format(name=entity.name, k=k),
+    return _Turn(_decorate(rng, _pick(rng, questions, split).format(name=entity.name, k=k),
+                           split),
                  [("search", {"query": entity.name}), ("calculator", {"expression": expression})],
                  rng.choice(answers).format(name=entity.name, r=result), result)
 

@@ -261,7 +261,8 @@ def phrasings(split: str) -> dict[str, list[str]]:
     pick = od._split
     return {
         "calculator": pick(od._CALC_QUESTIONS, split),
-        "search": [t for ts in od._FACT_QUESTIONS.values() for t in pick(ts, split)],
+        "search": [t for fact in od._FACT_QUESTIONS
+                   for t in od.fact_question_templates(fact, split)],
         "two_step": [t for _, ts, _, _ in od._TWO_STEP.values() for t in pick(ts, split)]
         + pick(od._APART_QUESTIONS, split),
         "greeting": [t for ts, _ in od._GREETINGS.values() for t in pick(ts, split)],
