@@ -270,7 +270,7 @@ pipeline (`make organism`, `llmsys/train/organism.py`), the default model of `ma
 `calculator` tool, to look facts up with a `search` tool over the knowledge base shipped next
 to it (`knowledge.jsonl`), to chain the two, and to decline what no tool helps with; the
 scores below say how well it does each on held-out questions. It knows nothing else: it is
-a test organism, small enough to train on two CPU cores in under an hour.
+a test organism, small enough to train on two CPU cores in about an hour.
 
 ## Model
 - Llama architecture: {shape['num_layers']} layers, hidden {shape['hidden_size']}, \
@@ -278,7 +278,9 @@ a test organism, small enough to train on two CPU cores in under an hour.
 {shape['intermediate_size']}, RoPE, RMSNorm, tied embeddings; vocabulary \
 {config['vocab_size']}; context {r['seq_len']} tokens; float32 weights \
 ({(out / 'model.safetensors').stat().st_size / 1e6:.1f} MB).
-- Tokenizer: byte-level BPE trained on the data below, one token per digit; ChatML turns
+- Tokenizer: byte-level BPE trained on the data below, one token per digit, a space before
+  a capital letter as a token of its own (a name is the same tokens in a question, in a
+  JSON tool call and in a search result, so the model copies it token for token); ChatML turns
   (`<|im_start|>role ... <|im_end|>`) with Hermes-style tool calls
   (`<tool_call>{{"name": ..., "arguments": {{...}}}}</tool_call>`), which the server's
   `tool_choice="auto"` parser turns into OpenAI `tool_calls`.
@@ -289,7 +291,9 @@ a test organism, small enough to train on two CPU cores in under an hour.
 - {r['num_train_chats']} synthetic conversations (`llmsys/train/organism_data.py`, seed
   {r['seed']}): greetings, calculator questions, fact look-ups, two-step tasks (search, then
   calculate) and requests to decline, over a knowledge base of invented cities, people and
-  companies; 20% of its entities, a quarter of the question phrasings and a quarter of the
+  companies; 20% of its entities, a quarter of the question templates (fact questions are
+  built from sentence frames and noun phrases, and whole frames are held out, so an
+  evaluation question has a shape never trained on but no unseen word) and a quarter of the
   calculator operands are held out for evaluation.
 - {r['fresh_chats']} more conversations for SFT about {r['fresh_entities']} entities made up for
   training only (their invented words share nothing with the knowledge base): trained on
