@@ -7,8 +7,9 @@ copy bandwidth / bytes of weights read per token (all parameters but the input e
 table). The copy bandwidth is measured here (a 1 GiB tensor copied, read + write bytes per
 second). A ~134M-parameter Llama-shaped random checkpoint (hidden 768, 12 layers,
 intermediate 2048, vocab 32000) decodes `--tokens` tokens greedily after a 16-token prompt,
-in llmsys (`LLM`) and in transformers (`generate`, same run). Writes
-benchmarks/results/decode.json.
+in llmsys (`LLM`), in transformers (`generate`) and, where `gguf` and `llama-cpp-python` are
+installed (`pip install .[llamacpp]`), in llama.cpp on the same weights converted to GGUF
+(`llamacpp_decode.py`), all in the same run. Writes benchmarks/results/decode.json.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from llamacpp_decode import llama_cpp_available, llama_cpp_decode, write_gguf
 
 from llmsys import LLM, SamplingParams
 from llmsys.testing import LLAMA_110M, make_tiny_checkpoint
@@ -89,6 +91,9 @@ def main() -> None:
     args = parser.parse_args()
     bandwidth = copy_bandwidth()
     print(f"copy bandwidth {bandwidth / 1e9:.1f} GB/s, threads {torch.get_num_threads()}")
+    llama_cpp_missing = llama_cpp_available()
+    if llama_cpp_missing:
+        print(f"llama.cpp skipped: {llama_cpp_missing}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for dtype in args.dtypes:
@@ -102,10 +107,15 @@ def main() -> None:
             row = {"dtype": dtype, "weight_bytes_per_token": model_bytes,
                    "roofline_tok_s": roofline, "llmsys_tok_s": ours, "transformers_tok_s": hf,
                    "llmsys_fraction": ours / roofline, "transformers_fraction": hf / roofline}
+            line = (f"[{dtype}] roofline {roofline:.0f} tok/s; llmsys {ours:.1f} tok/s "
+                    f"({ours / roofline:.0%}); transformers {hf:.1f} tok/s ({hf / roofline:.0%})")
+            if not llama_cpp_missing:
+                gguf = write_gguf(path, Path(tmp) / f"{dtype}.gguf", dtype)
+                cpp = llama_cpp_decode(gguf, args.tokens, torch.get_num_threads())
+                row.update(llama_cpp_tok_s=cpp, llama_cpp_fraction=cpp / roofline)
+                line += f"; llama.cpp {cpp:.1f} tok/s ({cpp / roofline:.0%})"
             rows.append(row)
-            print(f"[{dtype}] roofline {roofline:.0f} tok/s; llmsys {ours:.1f} tok/s "
-                  f"({ours / roofline:.0%}); transformers {hf:.1f} tok/s ({hf / roofline:.0%})",
-                  flush=True)
+            print(line, flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"copy_bandwidth": bandwidth, "rows": rows}, indent=2) + "\n")
