@@ -38,14 +38,17 @@ def kernels() -> ModuleType | None:
     try:
         from torch.utils import cpp_extension
 
-        # The name carries the source's hash: each version builds (and is cached) apart.
-        name = "llmsys_cpu_kernels_" + hashlib.sha1(_SOURCE.read_bytes()).hexdigest()[:10]
+        # The name carries a hash of the source and flags: each version builds (and is
+        # cached) apart. -fopenmp: without it at::parallel_for runs on one thread.
+        flags = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"]
+        digest = hashlib.sha1(_SOURCE.read_bytes() + " ".join(flags).encode()).hexdigest()
+        name = "llmsys_cpu_kernels_" + digest[:10]
         build_dir = Path(cpp_extension._get_build_directory(name, verbose=False))
         if not any(build_dir.glob(f"{name}*.so")):
             print("llmsys: compiling the CPU decode kernels (once, about 30 s)...",
                   file=sys.stderr, flush=True)
         return cpp_extension.load(name=name, sources=[str(_SOURCE)],
-                                  extra_cflags=["-O3", "-mavx2", "-mfma", "-mf16c"])
+                                  extra_cflags=flags, extra_ldflags=["-fopenmp"])
     except Exception as exc:  # no compiler, no ninja, headers missing, ...
         warnings.warn(f"llmsys CPU kernels unavailable, using PyTorch paths: {exc}",
                       stacklevel=2)
