@@ -353,8 +353,8 @@ _FACT_QUESTIONS = {
     "headquarters": ["Where is {name} headquartered?", "In which city is {name} based?",
                      "Where are the headquarters of {name}?", "What city is {name} based in?"],
 }
-# Fact questions are also built from a frame and a noun phrase for the fact ("What is the
-# {np} of {name}?" with "number of inhabitants"): every noun phrase is used in training, and
+# Fact questions are also built from a frame and a noun phrase for the fact ("Tell me the
+# {np} of {name}." with "number of inhabitants"): every noun phrase is used in training, and
 # whole frames (index 3, 7, ...) are held out, so an evaluation question is a sentence shape
 # the model never saw, made of words it did.
 _FACT_NOUNS = {
