@@ -16,6 +16,7 @@ Three splits keep the evaluation honest:
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import math
 import operator
@@ -384,12 +385,13 @@ _SUFFIXES = [" Thanks!", " Thank you.", " Please.", " Thanks in advance."]
 _DECORATE_RATE = 0.3
 
 
-def fact_question_templates(fact: str, split: str) -> list[str]:
+@functools.cache
+def fact_question_templates(fact: str, split: str) -> tuple[str, ...]:
     """Every question template about `fact` in `split`: the fact's own questions and the
-    frames with each of its noun phrases ("{name}" left to fill)."""
+    frames with each of its noun phrases ("{name}" left to fill). Built once per pair."""
     framed = [frame.replace("{np}", noun) for frame in _split(_FACT_FRAMES, split)
               for noun in _FACT_NOUNS[fact]]
-    return _split(_FACT_QUESTIONS[fact], split) + framed
+    return tuple(_split(_FACT_QUESTIONS[fact], split) + framed)
 
 
 def _decorate(rng: random.Random, question: str, split: str) -> str:
