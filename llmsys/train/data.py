@@ -119,28 +119,76 @@ def collate(rows: list[Row]) -> dict[str, torch.Tensor]:
 
 class DocumentMask:
     """The attention of a packed batch (the model's KVCache protocol, with no cache): causal,
-    inside each document only, and inside the layer's sliding window if it has one."""
+    inside each document only, and inside the layer's sliding window if it has one.
+
+    Without a window, each document's tokens are one contiguous run of its row (`pack` lays
+    them out so), and attention runs per run with a causal kernel: the cost is the sum of
+    the squared document lengths, not the squared row length, and no (T, T) mask is built.
+    Runs of one token (padding) attend to themselves only, so their output is their value.
+    With a window, one masked call per layer over the whole batch."""
 
     def __init__(self, doc_ids: torch.Tensor, positions: torch.Tensor):
-        same_doc = doc_ids[:, :, None] == doc_ids[:, None, :]  # (B, T, T)
-        n = doc_ids.shape[1]
-        causal = torch.ones(n, n, dtype=torch.bool, device=doc_ids.device).tril()
-        self.mask = (same_doc & causal)[:, None]  # (B, 1, T, T)
-        self.positions = positions
+        self.doc_ids, self.positions = doc_ids, positions
+        self._runs: list[list[tuple[int, int, bool]]] | None = None
         self._windowed: dict[int, torch.Tensor] = {}  # per window size, shared by layers
+
+    def runs(self) -> list[list[tuple[int, int, bool]]]:
+        """Per row, (start, end, alone) of each document's run of tokens; consecutive
+        one-token documents are merged into one run with `alone` set."""
+        if self._runs is None:
+            self._runs = [_runs(row) for row in self.doc_ids.tolist()]
+        return self._runs
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                positions: torch.Tensor, window: int | None) -> torch.Tensor:
-        mask = self.mask
         if window is not None:
-            if window not in self._windowed:
-                distance = positions[:, :, None] - positions[:, None, :]
-                self._windowed[window] = mask & (distance < window)[:, None]
-            mask = self._windowed[window]
+            return self._attend_masked(q, k, v, window)
+        group = q.shape[2] // k.shape[2]
+        rows = []
+        for b, runs in enumerate(self.runs()):
+            pieces = []
+            for start, end, alone in runs:
+                if alone:  # one-token documents: a softmax over one key gives its value
+                    pieces.append(v[b, start:end].repeat_interleave(group, dim=1))
+                    continue
+                qs, ks, vs = (t[b, start:end].transpose(0, 1) for t in (q, k, v))
+                out = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True,
+                                                     enable_gqa=group > 1)
+                pieces.append(out.transpose(0, 1))
+            rows.append(torch.cat(pieces) if len(pieces) > 1 else pieces[0])
+        return torch.stack(rows)  # (B, T, Hq, D)
+
+    def _attend_masked(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       window: int) -> torch.Tensor:
+        if window not in self._windowed:
+            doc_ids, positions = self.doc_ids, self.positions
+            n = doc_ids.shape[1]
+            causal = torch.ones(n, n, dtype=torch.bool, device=doc_ids.device).tril()
+            distance = positions[:, :, None] - positions[:, None, :]
+            same_doc = doc_ids[:, :, None] == doc_ids[:, None, :]
+            self._windowed[window] = (same_doc & causal & (distance < window))[:, None]
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=self._windowed[window],
                                              enable_gqa=q.shape[1] != k.shape[1])
         return out.transpose(1, 2)  # (B, T, Hq, D)
+
+
+def _runs(doc_ids: list[int]) -> list[tuple[int, int, bool]]:
+    runs: list[tuple[int, int, bool]] = []
+    start = 0
+    for i in range(1, len(doc_ids) + 1):
+        if i < len(doc_ids) and doc_ids[i] == doc_ids[start]:
+            continue
+        if doc_ids[start] in doc_ids[i:]:
+            raise ValueError(f"document {doc_ids[start]} is not contiguous in its row; "
+                             "pack() lays each document out in one run")
+        alone = i - start == 1
+        if alone and runs and runs[-1][2]:
+            runs[-1] = (runs[-1][0], i, True)
+        else:
+            runs.append((start, i, alone))
+        start = i
+    return runs
 
 
 def read_texts(paths: list[str | os.PathLike], text_field: str = "text") -> Iterator[str]:

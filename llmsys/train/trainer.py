@@ -128,14 +128,28 @@ def _permutation(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=gen).tolist()
 
 
+class TokenLoss(nn.Module):
+    """The model and its training loss, as one module (DDP wraps it whole): the sum over target
+    tokens of the cross-entropy. Only target positions go through the LM head; in SFT most
+    positions are prompt or tool results, and the head is a quarter of a small model's work."""
+
+    def __init__(self, model: nn.Module, label_smoothing: float = 0.0):
+        super().__init__()
+        self.model, self.label_smoothing = model, label_smoothing
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        mask = DocumentMask(batch["doc_ids"], batch["positions"])
+        hidden = self.model.hidden_states(batch["ids"], batch["positions"], mask)
+        target = batch["labels"] != IGNORE_INDEX
+        logits = self.model.logits(hidden[target])
+        return F.cross_entropy(logits.float(), batch["labels"][target],
+                               label_smoothing=self.label_smoothing, reduction="sum")
+
+
 def token_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor],
                    label_smoothing: float = 0.0) -> torch.Tensor:
     """Sum over target tokens of the cross-entropy (the caller divides by the token count)."""
-    mask = DocumentMask(batch["doc_ids"], batch["positions"])
-    logits = model(batch["ids"], batch["positions"], mask)
-    return F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(),
-                           ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing,
-                           reduction="sum")
+    return TokenLoss(model, label_smoothing)(batch)
 
 
 @torch.no_grad()
@@ -192,9 +206,9 @@ def train(model: Transformer, hf_config: dict, rows: list[Row], eval_rows: list[
     history, start = History(), 0
     if resume and (out / STATE_FILE).is_file():
         start, history = _load_state(model, opt, out, cfg.device)
-    wrapped: nn.Module = model
+    wrapped: nn.Module = TokenLoss(model, cfg.label_smoothing)
     if world > 1:
-        wrapped = nn.parallel.DistributedDataParallel(model)
+        wrapped = nn.parallel.DistributedDataParallel(wrapped)
     bar = tqdm(total=cfg.steps, initial=start, disable=not cfg.progress or rank != 0,
                desc="train", unit="step", dynamic_ncols=True)
     for step in range(start, cfg.steps):
@@ -226,7 +240,7 @@ def train(model: Transformer, hf_config: dict, rows: list[Row], eval_rows: list[
     return history
 
 
-def _train_step(model: nn.Module, opt: AdamW, rows: list[Row], step: int, cfg: TrainConfig,
+def _train_step(loss_model: nn.Module, opt: AdamW, rows: list[Row], step: int, cfg: TrainConfig,
                 lr: float, rank: int, world: int) -> tuple[float, int]:
     """One optimizer step over grad_accum micro-batches; returns (mean loss, target tokens)."""
     micro = [collate(batch_rows(rows, step, m, cfg, rank, world)) for m in range(cfg.grad_accum)]
@@ -238,14 +252,14 @@ def _train_step(model: nn.Module, opt: AdamW, rows: list[Row], step: int, cfg: T
     for batch in micro:
         batch = {k: v.to(cfg.device) for k, v in batch.items()}
         with _autocast(cfg.device):
-            loss = token_loss_sum(model, batch, cfg.label_smoothing)
+            loss = loss_model(batch)
         # DDP averages gradients over ranks; scale back up so the result is the global mean.
         (loss * world / total).backward()
         loss_sum += loss.item()
     for group in opt.param_groups:
         group["lr"] = lr
     if cfg.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(loss_model.parameters(), cfg.grad_clip)
     opt.step()
     opt.zero_grad(set_to_none=True)
     if world > 1:

@@ -376,3 +376,36 @@ def test_document_mask_with_a_window_matches_the_reference_attention():
     for window in (3, 5, 3):  # the second use of a window reads the cached mask
         torch.testing.assert_close(mask.attend(0, q, k, v, positions, window),
                                    attention(q, k, v, positions, None, window))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_document_mask_runs_match_the_masked_reference(seed: int) -> None:
+    """Per-document causal attention (runs of a packed row, one-token padding documents
+    merged) equals one masked SDPA call over the row; gradients too."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(3):
+        lengths = torch.randint(1, 9, (5,), generator=gen).tolist()
+        doc = [d for d, n in enumerate(lengths) for _ in range(n)]
+        rows.append(doc + list(range(len(lengths), len(lengths) + 40 - len(doc))))  # padding
+    doc_ids = torch.tensor(rows)
+    positions = torch.tensor([[row[:i].count(d) for i, d in enumerate(row)] for row in rows])
+    q = torch.randn(3, 40, 4, 8, generator=gen, requires_grad=True)
+    k = torch.randn(3, 40, 2, 8, generator=gen, requires_grad=True)
+    v = torch.randn(3, 40, 2, 8, generator=gen, requires_grad=True)
+    out = DocumentMask(doc_ids, positions).attend(0, q, k, v, positions, None)
+    allowed = (doc_ids[:, :, None] == doc_ids[:, None, :]) & torch.ones(40, 40).bool().tril()
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=allowed[:, None],
+        enable_gqa=True).transpose(1, 2)
+    torch.testing.assert_close(out, ref)
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+    ref_grads = torch.autograd.grad(ref.square().sum(), (q, k, v))
+    for got, want in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_document_mask_needs_contiguous_documents() -> None:
+    doc_ids = torch.tensor([[0, 0, 1, 0]])
+    with pytest.raises(ValueError, match="document 0 is not contiguous"):
+        DocumentMask(doc_ids, torch.zeros_like(doc_ids)).runs()
