@@ -59,7 +59,7 @@ class Recipe:
     pretrain_steps: int = 700
     pretrain_batch: int = 8
     pretrain_lr: float = 1e-3
-    sft_steps: int = 1_600
+    sft_steps: int = 2_000
     sft_batch: int = 8
     sft_lr: float = 8e-4
 
@@ -184,13 +184,15 @@ def _write_sft_data(recipe: Recipe, chats: list[dict], path: Path) -> None:
 
     from llmsys.train.organism_data import (
         fresh_knowledge_base,
+        invented_words,
         make_knowledge_base,
         training_conversations,
     )
 
-    fresh_kb = fresh_knowledge_base(make_knowledge_base(recipe.seed), recipe.fresh_entities,
-                                    seed=recipe.seed + 7)
-    rows = chats + training_conversations(fresh_kb, recipe.fresh_chats, seed=recipe.seed + 8)
+    kb = make_knowledge_base(recipe.seed)
+    fresh_kb = fresh_knowledge_base(kb, recipe.fresh_entities, seed=recipe.seed + 7)
+    rows = chats + training_conversations(fresh_kb, recipe.fresh_chats, seed=recipe.seed + 8,
+                                          taken_words=invented_words(kb))
     random.Random(recipe.seed).shuffle(rows)
     with open(path, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(row) + "\n" for row in rows)

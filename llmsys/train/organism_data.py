@@ -44,10 +44,11 @@ TOOLS: list[dict] = [
             "type": "string", "description": "What to look for, for example a name."}},
             "required": ["query"], "additionalProperties": False}}},
 ]
-KIND_MIX = {"greeting": 0.08, "calculator": 0.30, "search": 0.30, "two_step": 0.20,
-            "decline": 0.12}
+KIND_MIX = {"greeting": 0.09, "calculator": 0.27, "search": 0.29, "two_step": 0.22,
+            "decline": 0.10, "not_found": 0.03}
 EVAL_KINDS = ("calculator", "search", "two_step", "decline", "greeting")
-MULTI_TURN_RATE = 0.10  # share of tool-using conversations (up to two calls) with a 2nd question
+MULTI_TURN_RATE = 0.10  # share of tool-using conversations (up to two calls) with a 2nd turn
+FOLLOW_UPS = ("calculator", "search", "closing")  # what that 2nd turn may be
 
 # ----------------------------------------------------------------------------- calculator
 
@@ -281,23 +282,33 @@ def fresh_knowledge_base(kb: KnowledgeBase, num_entities: int, seed: int) -> Kno
 _GREETINGS = {
     "hello": (["Hello!", "Hi there.", "Hey!", "Good morning!", "Hi, how are you?",
                "Hello, is anyone there?", "Hey, nice to meet you.", "Good evening.",
-               "Hey there!", "Good afternoon.", "Hi, hello!", "Hello there, how are you doing?"],
+               "Hey there!", "Good afternoon.", "Hi, hello!", "Hello there, how are you doing?",
+               "Hi.", "Hello, assistant.", "Morning!", "Hey, how's it going?", "Howdy!",
+               "Hi again.", "Hello! Anybody home?", "Yo!"],
               ["Hello! How can I help you today?", "Hi! What can I do for you?",
                "Hello! I can do arithmetic and look things up in the knowledge base."]),
     "thanks": (["Thanks!", "Thank you very much.", "Thanks for the help.",
                 "Cheers, that was useful.", "Thank you!", "Great, thanks.",
-                "Thanks a lot!", "Much appreciated.", "Thank you so much.", "Perfect, thank you."],
+                "Thanks a lot!", "Much appreciated.", "Thank you so much.", "Perfect, thank you.",
+                "Thanks, that helps.", "Great, that's what I needed.", "Awesome, thanks!",
+                "Nice, thank you.", "Ok, thanks.", "That was helpful.", "Thx!",
+                "Many thanks."],
                ["You're welcome!", "Glad I could help.", "Happy to help. Anything else?"]),
     "abilities": (["What can you do?", "What are you able to help with?", "How can you help me?",
                    "What tools do you have?", "What are you good at?",
                    "What can you help me with?", "Which tools can you use?",
-                   "Tell me what you can do.", "What are your skills?"],
+                   "Tell me what you can do.", "What are your skills?",
+                   "What kind of questions can you answer?", "Who are you?",
+                   "What are you for?", "Can you help me?", "What do you know about?",
+                   "How do you work?", "What can I ask you?"],
                   ["I can do arithmetic with a calculator and look up facts about places, "
                    "people and companies in a knowledge base.",
                    "I have a calculator and a knowledge-base search, so I can work out sums "
                    "and answer questions about the places, people and companies I know."]),
     "goodbye": (["Goodbye!", "Bye.", "See you later!", "That's all for now, bye.", "Good night!",
-                 "Bye bye!", "Talk to you later.", "I have to go now, goodbye.", "See you soon."],
+                 "Bye bye!", "Talk to you later.", "I have to go now, goodbye.", "See you soon.",
+                 "Bye for now.", "Catch you later.", "OK, I'm done. Bye!", "Farewell!",
+                 "Have a good day!", "That's it, thanks, bye.", "Later!"],
                 ["Goodbye! Have a nice day.", "Bye! Come back any time.", "See you!"]),
 }
 _DECLINES = [
@@ -360,10 +371,10 @@ _FACT_QUESTIONS = {
 # the model never saw, made of words it did.
 _FACT_NOUNS = {
     "population": ["population", "number of inhabitants", "number of residents",
-                   "number of people living in"],
+                   "resident count"],
     "founded": ["founding year", "year of founding", "founding date"],
     "region": ["region", "home region"],
-    "river": ["river", "river it lies on"],
+    "river": ["river", "local river"],
     "born": ["birth year", "year of birth"],
     "profession": ["profession", "trade", "occupation", "line of work"],
     "hometown": ["hometown", "birthplace", "city of birth", "home city"],
@@ -383,6 +394,9 @@ _PREFIXES = ["Hi! ", "Hey, ", "Hello. ", "Quick question: ", "Question: ", "Plea
              "I wonder: ", "OK. "]
 _SUFFIXES = [" Thanks!", " Thank you.", " Please.", " Thanks in advance."]
 _DECORATE_RATE = 0.3
+_NOT_FOUND_ANSWERS = ["I couldn't find {name} in the knowledge base.",
+                      "The knowledge base has no entry for {name}.",
+                      "I found nothing about {name} in the knowledge base."]
 
 
 @functools.cache
@@ -462,6 +476,31 @@ _TWO_STEP = {
         "{name} hires {k} people. What is its workforce then?"],
         "{v} + {k}", ["{name} would have {r} employees.", "That makes {r} employees."]),
 }
+# More training-only two-step questions, composed from a reference to the fact ({f}: "the
+# staff size of {name}", "{name}'s workforce", ... over every noun phrase of the fact) and an
+# operation frame, so the model meets many sentence shapes instead of eight fixed ones.
+_TWO_STEP_FRAMES = {
+    "double": ["Compute twice {f}.", "What is {f} multiplied by 2?", "Find {f} and double it.",
+               "Look up {f}, then multiply it by two.", "How much is {f} times two?",
+               "If {f} doubled, what would it be?", "Give me double {f}."],
+    "since_founded": ["How many years are there from {f} to 2026?", "Subtract {f} from 2026.",
+                      "Look up {f} and subtract it from 2026.",
+                      "How long has {name} existed by 2026?",
+                      "Counting to 2026, how many years have passed since {f}?"],
+    "age": ["How many years are there from {f} to 2026?", "Subtract {f} from 2026.",
+            "Look up {f} and subtract it from 2026.", "What age will {name} turn in 2026?",
+            "How old does {name} get in 2026?", "Given {f}, how old is {name} in 2026?"],
+    "grow": ["What is {f} plus {k}?", "Add {k} to {f}.", "Look up {f} and add {k}.",
+             "If {name} had {k} more residents, what would {f} be?",
+             "{name} grows by {k} people. What is its population then?",
+             "How many people would live in {name} if {k} more moved there?",
+             "Increase {f} by {k}."],
+    "hire": ["What is {f} plus {k}?", "Add {k} to {f}.", "Look up {f} and add {k}.",
+             "{name} takes on {k} more workers. What is {f} now?",
+             "How many people would work at {name} after {k} new hires?",
+             "If {name} employed {k} more people, what would {f} be?", "Increase {f} by {k}."],
+}
+_FACT_REFERENCES = ["the {np} of {name}", "{name}'s {np}"]
 _APART_QUESTIONS = ["How many years apart were {a} and {b} founded?",
                     "How many years separate the founding of {a} and {b}?",
                     "What is the gap in years between the founding of {a} and {b}?",
@@ -478,7 +517,8 @@ _TWO_STEP_WEIGHTS = {"double": 0.17, "since_founded": 0.2, "age": 0.16, "grow": 
 def _all_template_text() -> str:
     parts = [SYSTEM_PROMPT, NO_RESULTS, json.dumps(TOOLS), *PROFESSIONS, *_REGION_SUFFIXES,
              *_DECLINE_ANSWERS, *_CALC_QUESTIONS, *_CALC_ANSWERS, *_APART_QUESTIONS,
-             *_APART_ANSWERS, *_FACT_FRAMES, *_PREFIXES, *_SUFFIXES,
+             *_APART_ANSWERS, *_FACT_FRAMES, *_PREFIXES, *_SUFFIXES, *_NOT_FOUND_ANSWERS,
+             *_FACT_REFERENCES, *(t for ts in _TWO_STEP_FRAMES.values() for t in ts),
              *(noun for nouns in _FACT_NOUNS.values() for noun in nouns),
              "is a city in the region on the river It was founded in and has a "
              "population of who was born in is a company headquartered in employees"]
@@ -599,8 +639,11 @@ def _two_step_turn(rng: random.Random, split: str, entities: list[Entity]) -> _T
     k = rng.randint(1, 99) * rng.choice((10, 100))
     expression = expression_template.format(v=entity.facts[fact], k=k)
     result = calculator(expression)
-    return _Turn(_decorate(rng, _pick(rng, questions, split).format(name=entity.name, k=k),
-                           split),
+    template = _pick(rng, questions, split)
+    if split == "train" and rng.random() < 0.5:
+        reference = rng.choice(_FACT_REFERENCES).replace("{np}", rng.choice(_FACT_NOUNS[fact]))
+        template = rng.choice(_TWO_STEP_FRAMES[operation]).replace("{f}", reference)
+    return _Turn(_decorate(rng, template.format(name=entity.name, k=k), split),
                  [("search", {"query": entity.name}), ("calculator", {"expression": expression})],
                  rng.choice(answers).format(name=entity.name, r=result), result)
 
@@ -610,13 +653,39 @@ def _greeting_turn(rng: random.Random, split: str, entities: list[Entity]) -> _T
     return _Turn(_pick(rng, questions, split), [], rng.choice(answers), None)
 
 
+def _closing_turn(rng: random.Random, split: str, entities: list[Entity]) -> _Turn:
+    """Thanks or goodbye, after a question was answered."""
+    questions, answers = _GREETINGS[rng.choice(("thanks", "goodbye"))]
+    return _Turn(_pick(rng, questions, split), [], rng.choice(answers), None)
+
+
 def _decline_turn(rng: random.Random, split: str, entities: list[Entity]) -> _Turn:
     request, action = _pick(rng, _DECLINES, split)
     return _Turn(request, [], rng.choice(_DECLINE_ANSWERS).format(action=action), None)
 
 
+def _not_found_turn(rng: random.Random, kb: KnowledgeBase, entities: list[Entity],
+                    taken_words: frozenset[str]) -> _Turn:
+    """A question about a name that is in no knowledge base: the search finds nothing and the
+    answer says so (instead of inventing a value)."""
+    like = rng.choice(entities)
+    while True:
+        words = ["".join(rng.choices(_SYLLABLES, k=rng.choice((2, 3)))).capitalize()
+                 for _ in range(2 if like.kind == "person" else 1)]
+        name = " ".join(words)
+        if (not any(w.lower() in taken_words or w.lower() in _TEMPLATE_WORDS for w in words)
+                and kb.search(name) == NO_RESULTS):
+            break
+    fact = rng.choice(list(like.facts))
+    question = _decorate(rng, rng.choice(fact_question_templates(fact, "train")).format(
+        name=name), "train")
+    return _Turn(question, [("search", {"query": name})],
+                 rng.choice(_NOT_FOUND_ANSWERS).format(name=name), None)
+
+
 _TURN_MAKERS = {"greeting": _greeting_turn, "calculator": _calculator_turn,
-                "search": _search_turn, "two_step": _two_step_turn, "decline": _decline_turn}
+                "search": _search_turn, "two_step": _two_step_turn, "decline": _decline_turn,
+                "closing": _closing_turn}
 
 
 # -------------------------------------------------------------------------- copy drills
@@ -686,20 +755,27 @@ def _kind_schedule(n: int, rng: random.Random) -> list[str]:
     return kinds
 
 
-def training_conversations(kb: KnowledgeBase, n: int, seed: int = 1) -> list[dict]:
+def training_conversations(kb: KnowledgeBase, n: int, seed: int = 1,
+                           taken_words: Sequence[str] = ()) -> list[dict]:
     """`n` conversations `{"kind", "tools", "messages"}` in the OpenAI chat format, about
-    entities that are not held out, phrased with the training templates only."""
+    entities that are not held out, phrased with the training templates only. The names
+    asked about in `not_found` chats are in no knowledge base: not in `kb`, and sharing no
+    word with `taken_words` (another knowledge base's `invented_words`)."""
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     rng = random.Random(seed)
     entities = [e for e in kb.entities if not e.held_out]
+    taken = frozenset(w.lower() for w in [*taken_words, *invented_words(kb)])
     conversations = []
     for kind in _kind_schedule(n, rng):
         messages = [{"role": "system", "content": SYSTEM_PROMPT}] if rng.random() < 0.8 else []
-        turn = _TURN_MAKERS[kind](rng, "train", entities)
+        if kind == "not_found":
+            turn = _not_found_turn(rng, kb, entities, taken)
+        else:
+            turn = _TURN_MAKERS[kind](rng, "train", entities)
         _append_turn(messages, turn, kb)
         if 0 < len(turn.calls) <= 2 and rng.random() < MULTI_TURN_RATE:  # keep it short
-            follow_up = _TURN_MAKERS[rng.choice(("calculator", "search"))]
+            follow_up = _TURN_MAKERS[rng.choice(FOLLOW_UPS)]
             _append_turn(messages, follow_up(rng, "train", entities), kb)
         conversations.append({"kind": kind, "tools": TOOLS, "messages": messages})
     return conversations

@@ -197,7 +197,7 @@ def test_training_conversations_are_valid(kb: od.KnowledgeBase, convs: list[dict
             assert messages[0]["content"] == SYSTEM_PROMPT
             messages = messages[1:]
         assert messages[0]["role"] == "user" and messages[-1]["role"] == "assistant"
-        last_result, last_tool, searched = None, None, None
+        last_result, last_tool, searched, last_query = None, None, None, None
         for i, message in enumerate(messages):
             if message["role"] == "assistant" and message.get("tool_calls"):
                 assert message["content"] is None and len(message["tool_calls"]) == 1
@@ -215,16 +215,22 @@ def test_training_conversations_are_valid(kb: od.KnowledgeBase, convs: list[dict
                     if last_tool == "search":  # two-step: numbers copied from the passage
                         numbers = re.findall(r"\d+", arguments["expression"])
                         assert any(n in last_result for n in numbers), (arguments, last_result)
+                elif reply["content"] == NO_RESULTS:  # only in a not_found chat's first turn
+                    assert conv["kind"] == "not_found" and searched is None
+                    assert kb.search(arguments["query"]) == NO_RESULTS
                 else:
                     assert arguments["query"] in open_names
                     assert reply["content"] == kb.search(arguments["query"])
                     assert reply["content"].startswith(arguments["query"] + ":")
                     searched = kb.get(arguments["query"])
                 last_result, last_tool = reply["content"], name
+                last_query = arguments.get("query")
             elif message["role"] == "assistant":
                 assert isinstance(message["content"], str) and message["content"]
                 if last_tool == "calculator":
                     assert od.contains_answer(message["content"], last_result), message
+                elif last_tool == "search" and searched is None:  # says it found nothing
+                    assert last_query in message["content"], (message, last_query)
                 elif last_tool == "search":
                     values = [str(v) for v in searched.facts.values()]
                     assert any(od.contains_answer(message["content"], v) for v in values)
@@ -233,6 +239,7 @@ def test_training_conversations_are_valid(kb: od.KnowledgeBase, convs: list[dict
                 last_tool = None
         if conv["kind"] in ("greeting", "decline"):
             assert len(messages) == 2
+    assert any(c["kind"] == "not_found" for c in convs)
 
 
 def test_conversations_stay_short(convs: list[dict]) -> None:
