@@ -191,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_parser(sub)
     add_eval_parser(sub)
+    from llmsys.agent.cli import add_agent_parser
+
+    add_agent_parser(sub)
     return parser
 
 

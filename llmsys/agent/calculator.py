@@ -80,3 +80,21 @@ def calculator(expression: str) -> str:
         return "Error: result is too large"
     except _CalculatorError as error:
         return f"Error: {error}"
+
+
+def _calculator_tool():
+    from llmsys.agent.tools import tool
+
+    @tool(name="calculator")
+    def calculate(expression: str) -> str:
+        """Evaluate an arithmetic expression and return the result.
+
+        Args:
+            expression: An arithmetic expression, for example 12 * (3 + 4).
+        """
+        return calculator(expression)
+
+    return calculate
+
+
+calculator_tool = _calculator_tool()
