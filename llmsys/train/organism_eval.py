@@ -46,6 +46,7 @@ class TaskResult:
     declined: bool = False
     error: str | None = None  # a transport or server error (the task counts as wrong)
     expected: str | None = None
+    usage: int | None = None  # tokens (agent runs)
 
 
 def check_call(name: str, arguments: str) -> tuple[dict | None, str | None]:
@@ -118,6 +119,63 @@ def evaluate(base_url: str, model: str, tasks: list[EvalTask], kb: KnowledgeBase
         futures = [pool.submit(run_task, client, model, t, kb) for t in tasks]
         results = [f.result() for f in tqdm(futures, desc="eval", disable=not progress)]
     return report(tasks, results)
+
+
+def agent_tools(kb: KnowledgeBase) -> list:
+    """The evaluation's tools (same names, descriptions and schemas as TOOLS) as agent Tools."""
+    from llmsys.agent.tools import Tool
+
+    def bind(name: str):
+        return lambda **arguments: run_tool(kb, name, arguments)
+
+    return [Tool.from_schema(t["function"]["name"], t["function"]["description"],
+                             t["function"]["parameters"], bind(t["function"]["name"]))
+            for t in TOOLS]
+
+
+def run_agent_task(agent, task: EvalTask) -> TaskResult:
+    """One task through `llmsys.agent.Agent` (its system message is the task's)."""
+    result = TaskResult(task.kind, expected=task.expected)
+    run = agent.run(task.messages[-1]["content"])
+    result.calls = len(run.tool_calls)
+    result.tools_called = [c["name"] for c in run.tool_calls]
+    result.valid_calls = sum(not c["result"].startswith("Error: ") for c in run.tool_calls)
+    result.usage = run.usage.total_tokens
+    if run.end_state.value == "model_error":
+        result.error = "model error"
+    result.final = run.final_answer
+    if result.final is not None:
+        result.correct = answer_is_correct(task, result.final) and (
+            task.kind != "decline" or not result.tools_called)
+        result.declined = is_decline(result.final)
+    return result
+
+
+def evaluate_agent(base_url: str, model: str, tasks: list[EvalTask], kb: KnowledgeBase, *,
+                   api_key: str = "none", max_steps: int = 4, max_total_tokens: int = 4096,
+                   concurrency: int = 8, progress: bool = True) -> dict:
+    """The tasks run by the agent (native tool calls, `max_steps` model calls as in `run_task`,
+    a token budget per task); the report also gives the largest token use of a task."""
+    from tqdm import tqdm
+
+    from llmsys.agent.agent import Agent, Limits
+    from llmsys.agent.chat_model import ChatModel
+
+    system = {m["content"] for t in tasks for m in t.messages if m["role"] == "system"}
+    if len(system) > 1:
+        raise ValueError("the tasks must share one system message")
+    agent = Agent(ChatModel(base_url, model, api_key, max_tokens=96, max_retries=0,
+                            timeout_s=300), agent_tools(kb), mode="native",
+                  instructions=system.pop() if system else "",
+                  limits=Limits(max_steps=max_steps, max_total_tokens=max_total_tokens,
+                                final_answer_tokens=96))
+    with ThreadPoolExecutor(concurrency) as pool:
+        futures = [pool.submit(run_agent_task, agent, t) for t in tasks]
+        results = [f.result() for f in tqdm(futures, desc="agent eval", disable=not progress)]
+    rep = report(tasks, results)
+    rep["max_task_tokens"] = max((r.usage or 0) for r in results)
+    rep["token_budget"] = max_total_tokens
+    return rep
 
 
 def report(tasks: list[EvalTask], results: list[TaskResult]) -> dict:
