@@ -74,10 +74,11 @@ class Limits:
     final_answer_tokens: int = 256  # the last call's reply at a limit
     final_call_timeout_s: float = 30.0
     max_parallel_tools: int = 8
+    max_history_tokens: int = 2000  # a continued session's earlier messages are cut to this
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "max_repeated_calls", "max_stale_steps",
-                     "final_answer_tokens", "max_parallel_tools"):
+                     "final_answer_tokens", "max_parallel_tools", "max_history_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"Limits.{name} must be >= 1, got {getattr(self, name)}")
         if self.max_retries_per_step < 0:
@@ -434,7 +435,10 @@ class Agent:
             system += "\n\n" + memory_text
         history: list[dict] = []
         if self.memory is not None and session_id is not None:
-            history = [m for m in self.memory.load_messages(session_id) if m["role"] != "system"]
+            from llmsys.agent.memory import trim_messages
+
+            history = trim_messages([m for m in self.memory.load_messages(session_id)
+                                     if m["role"] != "system"], self.limits.max_history_tokens)
         return [{"role": "system", "content": system}, *history, {"role": "user", "content": task}]
 
     def _switch_protocol(self, state: _State, mode: str, reason: str) -> None:
@@ -507,7 +511,7 @@ def _memory_context(memory: Any, task: str) -> str:
     facts = memory.facts()
     if facts:
         parts.append("Facts you know:\n" + "\n".join(f"- {k}: {v}" for k, v in facts.items()))
-    episodes = memory.recall_episodes(task, k=3)
+    episodes = memory.recall_episodes(task, k=3) if memory.embedder is not None else []
     if episodes:
         parts.append("Relevant past tasks:\n" + "\n".join(
             f"- {e.task} -> {e.outcome}" for e in episodes))

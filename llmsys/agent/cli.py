@@ -64,9 +64,9 @@ def _tools(names: list[str], db: str, session: str | None, searx_url: str | None
             if searx_url:
                 tools.append(web_search_tool(SearxNGSearch(searx_url)))
         elif name == "memory":
-            from llmsys.agent.memory import Memory, memory_tools
+            from llmsys.agent.memory import Memory, MiniLMEmbedder, memory_tools
 
-            memory = Memory(db)
+            memory = Memory(db, embedder=MiniLMEmbedder())
             tools += memory_tools(memory, session_id=session)
         else:
             raise ValueError(f"unknown tool set {name!r}; choose from {', '.join(TOOL_SETS)}")

@@ -442,3 +442,50 @@ def test_cli_run_streams_and_prints_json(tmp_path) -> None:
                           server.base_url, "--model", "m", "--tools", "teleport"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "unknown tool set 'teleport'" in bad.stderr
+
+
+class WordEmbedder:
+    """A tiny deterministic embedder (hashed bag of words) so these tests need no model."""
+
+    dim = 64
+    name = "words"
+
+    def embed(self, texts: list[str]):
+        import numpy as np
+
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, text in enumerate(texts):
+            for word in text.lower().split():
+                out[i, sum(map(ord, word)) % self.dim] += 1
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
+
+
+def test_session_memory_survives_a_restart(tmp_path) -> None:
+    from llmsys.agent.memory import Memory, memory_tools
+
+    db = tmp_path / "agent.db"
+    with ScriptedChatServer([
+            {"tool_calls": [("remember_fact", {"key": "user name", "value": "Ada"})]},
+            {"content": "Noted, Ada."}]) as server:
+        memory = Memory(db, embedder=WordEmbedder())
+        first = agent_for(server, tools=memory_tools(memory), memory=memory).run(
+            "My name is Ada.", session_id="s1")
+        memory.close()
+    assert first.final_answer == "Noted, Ada." and first.tool_calls[0]["error"] is False
+    with ScriptedChatServer([{"content": "You are Ada."}]) as server:
+        memory = Memory(db, embedder=WordEmbedder())  # a new process would do the same
+        second = agent_for(server, tools=memory_tools(memory), memory=memory).run(
+            "What is my name?", session_id="s1")
+        messages = server.requests[0]["messages"]
+    assert second.final_answer == "You are Ada."
+    system = messages[0]["content"]
+    assert "Facts you know:\n- user name: Ada" in system
+    assert "Relevant past tasks:\n- My name is Ada. -> Noted, Ada." in system
+    assert [m["content"] for m in messages[1:] if m["role"] == "user"] == [
+        "My name is Ada.", "What is my name?"]  # the session's history came back
+    assert any(m.get("content") == "Noted, Ada." for m in messages)
+    assert [m["content"] for m in memory.load_messages("s1") if m["role"] == "assistant"][-1] \
+        == "You are Ada."
+    runs = TraceStore(db).runs(session_id="s1")  # traces live in the same file
+    assert [r["final_answer"] for r in runs] == ["You are Ada.", "Noted, Ada."]
+    memory.close()
