@@ -340,7 +340,7 @@ class Agent:
             if tool is None:
                 return (f"Error: unknown tool {call.name!r}; available tools: "
                         f"{sorted(self._by_name)}", True)
-            if decisions is not None and not decisions.get(call.id, False):
+            if tool.requires_approval and decisions is not None and not decisions.get(call.id):
                 return f"Error: the user did not approve this call of {call.name}.", True
             try:
                 text = tool.run(call.arguments)

@@ -335,6 +335,20 @@ def test_approval_pauses_and_resumes_in_a_new_agent(tmp_path, approve: bool) -> 
         again.resume(paused.run_id, approve=True)
 
 
+def test_approval_applies_to_the_calls_that_ask_for_it(tmp_path) -> None:
+    script = [{"tool_calls": [("calculator", {"expression": "1 + 2"}),
+                              ("delete_file", {"path": "b.txt"})]}, {"content": "ok"}]
+    with ScriptedChatServer(script) as server:
+        agent = agent_for(server, tools=(calculator_tool, delete_file), trace_db=tmp_path / "t.db")
+        paused = agent.run("add, then delete")
+        assert [c.name for c in paused.pending] == ["calculator", "delete_file"]
+        deny = {c.id: False for c in paused.pending if c.name == "delete_file"}
+        result = agent.resume(paused.run_id, approve=deny)
+    assert result.final_answer == "ok"
+    assert tool_messages(server.requests[1]) == [
+        "3", "Error: the user did not approve this call of delete_file."]
+
+
 def test_resume_without_a_decision_is_refused(tmp_path) -> None:
     script = [{"tool_calls": [("delete_file", {"path": "a.txt"})]}]
     with ScriptedChatServer(script) as server:
