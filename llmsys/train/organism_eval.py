@@ -101,6 +101,11 @@ def run_task(client, model: str, task: EvalTask, kb: KnowledgeBase, *, max_turns
                 messages.append({"role": "tool", "tool_call_id": call.id, "content": output})
     except openai.APIError as e:
         result.error = f"{type(e).__name__}: {e}"
+    return _scored(task, result)
+
+
+def _scored(task: EvalTask, result: TaskResult) -> TaskResult:
+    """Mark the final answer: correct (a decline must also call no tool), declined."""
     if result.final is not None:
         result.correct = answer_is_correct(task, result.final) and (
             task.kind != "decline" or not result.tools_called)
@@ -144,11 +149,7 @@ def run_agent_task(agent, task: EvalTask) -> TaskResult:
     if run.end_state.value == "model_error":
         result.error = "model error"
     result.final = run.final_answer
-    if result.final is not None:
-        result.correct = answer_is_correct(task, result.final) and (
-            task.kind != "decline" or not result.tools_called)
-        result.declined = is_decline(result.final)
-    return result
+    return _scored(task, result)
 
 
 def evaluate_agent(base_url: str, model: str, tasks: list[EvalTask], kb: KnowledgeBase, *,

@@ -4,6 +4,7 @@ and resume, traces and the CLI."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -40,6 +41,19 @@ def final_or_call(call: tuple[str, dict | str]):
         if body.get("tool_choice") == "none":
             return {"content": "best guess"}
         return {"tool_calls": [call]}
+    return reply
+
+
+def endless_calls(expression: str = "1 + {i}", final: str = "partial"):
+    """A reply function for a model that never stops calling the calculator (a new expression
+    each time), and answers `final` when tools are forbidden (the last call at a limit)."""
+    counter = itertools.count()
+
+    def reply(body: dict) -> dict:
+        if body.get("tool_choice") == "none":
+            return {"content": final}
+        return {"tool_calls": [("calculator", {"expression": expression.format(
+            i=next(counter))})]}
     return reply
 
 
@@ -144,29 +158,15 @@ def test_repeated_call_guard() -> None:
     assert result.final_answer == "best guess"
 
 
-def test_no_progress_guard() -> None:
-    counter = iter(range(1000))
-
-    def reply(body: dict) -> dict:  # new arguments each time, the same observation
-        if body.get("tool_choice") == "none":
-            return {"content": "giving up"}
-        return {"tool_calls": [("calculator", {"expression": f"0 * {next(counter)}"})]}
-
-    with ScriptedChatServer(reply) as server:
+def test_no_progress_guard() -> None:  # new arguments each time, the same observation
+    with ScriptedChatServer(endless_calls("0 * {i}", "giving up")) as server:
         result = agent_for(server, limits=Limits(max_stale_steps=2)).run("loop")
     assert result.end_state is EndState.NO_PROGRESS
     assert [c["result"] for c in result.tool_calls] == ["0", "0", "0"]
 
 
 def test_step_budget() -> None:
-    counter = iter(range(1000))
-
-    def reply(body: dict) -> dict:
-        if body.get("tool_choice") == "none":
-            return {"content": "partial"}
-        return {"tool_calls": [("calculator", {"expression": f"1 + {next(counter)}"})]}
-
-    with ScriptedChatServer(reply) as server:
+    with ScriptedChatServer(endless_calls()) as server:
         result = agent_for(server, limits=Limits(max_steps=4)).run("count")
     assert result.end_state is EndState.MAX_STEPS and result.final_answer == "partial"
     assert len(result.tool_calls) == 4 and result.steps == 5  # the last call is recorded too
@@ -175,14 +175,7 @@ def test_step_budget() -> None:
 
 @pytest.mark.parametrize("budget", [600, 1500, 4000])
 def test_token_budget_is_never_exceeded(budget: int) -> None:
-    counter = iter(range(1000))
-
-    def reply(body: dict) -> dict:
-        if body.get("tool_choice") == "none":
-            return {"content": "partial"}
-        return {"tool_calls": [("calculator", {"expression": f"1 + {next(counter)}"})]}
-
-    with ScriptedChatServer(reply) as server:
+    with ScriptedChatServer(endless_calls()) as server:
         model = ChatModel(server.base_url, "scripted", max_tokens=64)
         agent = Agent(model, [calculator_tool], limits=Limits(
             max_steps=100, max_total_tokens=budget, final_answer_tokens=32))
@@ -192,14 +185,7 @@ def test_token_budget_is_never_exceeded(budget: int) -> None:
 
 
 def test_cost_budget() -> None:
-    counter = iter(range(1000))
-
-    def reply(body: dict) -> dict:
-        if body.get("tool_choice") == "none":
-            return {"content": "partial"}
-        return {"tool_calls": [("calculator", {"expression": f"2 + {next(counter)}"})]}
-
-    with ScriptedChatServer(reply) as server:
+    with ScriptedChatServer(endless_calls("2 + {i}")) as server:
         model = ChatModel(server.base_url, "scripted", max_tokens=64, prompt_price=1.0,
                           completion_price=2.0)  # per million tokens
         result = Agent(model, [calculator_tool], limits=Limits(
