@@ -167,6 +167,9 @@ class JsonActions:
             obj = json.loads(text)
         except json.JSONDecodeError as e:
             obj = _first_json_object(text)
+            tagged = _calls_in_text(text)
+            if tagged and not (isinstance(obj, dict) and "action" in obj):
+                return Action(calls=tagged)  # a model that writes its trained call syntax
             if obj is None:
                 return Action(error=f"the reply is not a JSON object ({e.msg}); answer with "
                                     'one JSON object {"thought": ..., "action": ...}')
@@ -261,6 +264,9 @@ class ReActText:
         if "final answer" in fields:
             return Action(thought=thought, final_answer=fields["final answer"].strip())
         text = (message.get("content") or "").strip()
+        tagged = _calls_in_text(text) if not fields else []
+        if tagged:  # a model that writes its trained call syntax instead of the format
+            return Action(calls=tagged)
         if text and not fields:  # plain text with no format at all: take it as the answer
             return Action(final_answer=text)
         return Action(thought=thought, error="write either 'Action:' with 'Action Input:' or "

@@ -271,6 +271,18 @@ def test_react_mode_is_tolerant() -> None:
     assert server.requests[1]["messages"][-1] == {"role": "user", "content": "Observation: 5"}
 
 
+@pytest.mark.parametrize("mode", ["json", "react"])
+def test_a_trained_call_syntax_is_understood_in_text_modes(mode: str) -> None:
+    tagged = '<tool_call>\n{"name": "calculator", "arguments": {"expression": "8 * 9"}}\n' \
+             '</tool_call>'
+    final = ('{"thought": "", "action": {"final_answer": "72"}}' if mode == "json"
+             else "Final Answer: 72")
+    with ScriptedChatServer([{"content": tagged}, {"content": final}]) as server:
+        result = agent_for(server, mode=mode).run("8 * 9?")
+    assert result.final_answer == "72"
+    assert result.tool_calls[0]["result"] == "72"
+
+
 def test_auto_mode_falls_back_when_the_endpoint_refuses() -> None:
     def reply(body: dict) -> dict:
         if "tools" in body:
