@@ -6,20 +6,21 @@ from pathlib import Path
 
 import pytest
 
-from llmsys.model.tokenizer import Tokenizer
-from llmsys.testing import make_tiny_tokenizer
-
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A directory holding the tiny tokenizer (treat as read-only; copy it to change it)."""
+    from llmsys.testing import make_tiny_tokenizer  # here, so tests that need none load no torch
+
     path = tmp_path_factory.mktemp("tiny_tokenizer")
     make_tiny_tokenizer(path)
     return path
 
 
 @pytest.fixture(scope="session")
-def tok(tiny_dir: Path) -> Tokenizer:
+def tok(tiny_dir: Path):
+    from llmsys.model.tokenizer import Tokenizer
+
     return Tokenizer.from_dir(tiny_dir)
 
 
