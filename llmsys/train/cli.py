@@ -127,16 +127,21 @@ def cmd_eval_organism(args: argparse.Namespace) -> None:
 
     from llmsys.train.organism import DEFAULT_OUT, evaluate_bundled
     from llmsys.train.organism_data import eval_tasks, make_knowledge_base
-    from llmsys.train.organism_eval import evaluate, format_report
+    from llmsys.train.organism_eval import evaluate, evaluate_agent, format_report
 
     if args.base_url:
         kb = make_knowledge_base(args.seed)
-        rep = evaluate(args.base_url, args.served_model, eval_tasks(kb, args.n_per_kind,
-                       seed=args.seed + 2), kb, api_key=args.api_key)
+        run = evaluate_agent if args.agent else evaluate
+        rep = run(args.base_url, args.served_model, eval_tasks(kb, args.n_per_kind,
+                  seed=args.seed + 2), kb, api_key=args.api_key)
     else:
         rep = evaluate_bundled(args.model or DEFAULT_OUT, seed=args.seed,
-                               n_per_kind=args.n_per_kind, device=args.device)
+                               n_per_kind=args.n_per_kind, device=args.device,
+                               agent=args.agent)
     print(format_report(rep))
+    if args.agent:
+        print(f"largest token use of a task: {rep['max_task_tokens']} "
+              f"(budget {rep['token_budget']})")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(rep, f, indent=1)
@@ -156,4 +161,6 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-per-kind", type=int, default=50, help="tasks of each kind")
     p.add_argument("--seed", type=int, default=0, help="the seed the data was made with")
     p.add_argument("--out", default=None, help="write the full report (JSON) here")
+    p.add_argument("--agent", action="store_true",
+                   help="run the tasks through llmsys.agent (a token budget per task)")
     p.set_defaults(func=cmd_eval_organism)

@@ -222,21 +222,21 @@ def _export(work: Path, out: Path) -> None:
 
 
 def evaluate_bundled(model_dir: Path, *, seed: int = 0, n_per_kind: int = 50,
-                     device: str = "cpu", concurrency: int = 16) -> dict:
+                     device: str = "cpu", concurrency: int = 16, agent: bool = False) -> dict:
     """The held-out tasks (the ones `write_dataset(seed=seed)` writes) through `llmsys serve`
-    on `model_dir`."""
+    on `model_dir`, asked directly or (`agent`) run by `llmsys.agent.Agent`."""
     from llmsys.serve.config import ServerConfig
     from llmsys.serve.server import BackgroundServer
     from llmsys.train.organism_data import eval_tasks, make_knowledge_base
-    from llmsys.train.organism_eval import evaluate
+    from llmsys.train.organism_eval import evaluate, evaluate_agent
 
     kb = make_knowledge_base(seed)
     tasks = eval_tasks(kb, n_per_kind, seed=seed + 2)
     config = ServerConfig(model=str(model_dir), port=0, served_model_name=BUNDLED_NAME,
                           device=device, dtype="float32")
     with BackgroundServer(config) as server:
-        return evaluate(server.base_url, BUNDLED_NAME, tasks, kb,
-                        concurrency=concurrency)
+        run = evaluate_agent if agent else evaluate
+        return run(server.base_url, BUNDLED_NAME, tasks, kb, concurrency=concurrency)
 
 
 def main(argv: list[str] | None = None) -> int:
