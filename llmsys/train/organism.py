@@ -296,7 +296,10 @@ a test organism, small enough to train on two CPU cores in about an hour.
   companies; 20% of its entities, a quarter of the question templates (fact questions are
   built from sentence frames and noun phrases, and whole frames are held out, so an
   evaluation question has a shape never trained on but no unseen word) and a quarter of the
-  calculator operands are held out for evaluation.
+  calculator operands are held out for evaluation. Training-only variety: two-step
+  questions composed from a reference to the fact and an operation frame, 3% questions about
+  names in no knowledge base (the search finds nothing and the answer says so), thanks or
+  goodbye after an answer, greetings or thanks around questions.
 - {r['fresh_chats']} more conversations for SFT about {r['fresh_entities']} entities made up for
   training only (their invented words share nothing with the knowledge base): trained on
   the knowledge base's entities alone, the model memorised them and searched for a known
