@@ -11,6 +11,12 @@
 //     keys and values of N tokens at their cache slots.
 //   rms_norm(x (M, D), w (D,), eps) -> (M, D): RMSNorm in one pass, rounded as the reference
 //     does it (normalise in float32, round to x's dtype, multiply by w, round).
+//   rotary(q (M, Hq, D), k (M, Hkv, D), cos, sin (M, D)) -> (q, k) rotated: q * cos +
+//     roll(q, D/2) * sin (the first half of sin stored negated), each product and the sum
+//     rounded to the dtype as the PyTorch expression does (the file is built without
+//     floating-point contraction, so float32 is bit for bit too).
+//   silu_mul(gate_up (M, 2I)) -> (M, I): silu(gate) * up of SwiGLU, rounded as F.silu(gate) *
+//     up is (silu in float32, rounded, times up, rounded).
 //
 // Decoding is bound by memory bandwidth: what matters is streaming each weight exactly
 // once with enough independent loads in flight, which a plain dot-product loop with
@@ -220,6 +226,40 @@ void rms_norm_rows(const T* x, const T* w, T* y, int64_t D, float eps, int64_t r
   }
 }
 
+template <typename T>
+void rotary_rows(const T* x, int64_t row_stride, int64_t H, int64_t D, const T* cos,
+                 const T* sin, T* y, int64_t M) {
+  const int64_t half = D / 2;
+  for (int64_t r = 0; r < M; ++r) {
+    const T* c = cos + r * D;
+    const T* s = sin + r * D;
+    for (int64_t h = 0; h < H; ++h) {
+      const T* xh = x + r * row_stride + h * D;
+      T* yh = y + (r * H + h) * D;
+      for (int64_t d = 0; d < D; ++d) {
+        const float xd = static_cast<float>(xh[d]);
+        const float xr = static_cast<float>(xh[d < half ? d + half : d - half]);
+        const T a = T(xd * static_cast<float>(c[d])), b = T(xr * static_cast<float>(s[d]));
+        yh[d] = T(static_cast<float>(a) + static_cast<float>(b));
+      }
+    }
+  }
+}
+
+template <typename T>
+void silu_mul_rows(const T* gu, T* y, int64_t I, int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* g = gu + r * 2 * I;
+    const T* u = g + I;
+    T* yr = y + r * I;
+    for (int64_t i = 0; i < I; ++i) {
+      const float x = static_cast<float>(g[i]);
+      const T silu = T(x / (1.f + std::exp(-x)));
+      yr[i] = T(static_cast<float>(silu) * static_cast<float>(u[i]));
+    }
+  }
+}
+
 }  // namespace
 
 torch::Tensor rms_norm(torch::Tensor x, torch::Tensor w, double eps) {
@@ -318,9 +358,63 @@ torch::Tensor paged_decode(torch::Tensor q_in, torch::Tensor k_cache, torch::Ten
   return out;
 }
 
+torch::Tensor rotary_one(torch::Tensor x, torch::Tensor cos, torch::Tensor sin) {
+  TORCH_CHECK(x.dim() == 3 && x.stride(2) == 1 && x.stride(1) == x.size(2),
+              "rotary: x must be (M, H, D) with contiguous heads");
+  TORCH_CHECK(cos.dim() == 2 && cos.size(0) == x.size(0) && cos.size(1) == x.size(2) &&
+                  x.size(2) % 2 == 0, "rotary: cos/sin must be (M, D), D even");
+  TORCH_CHECK(cos.scalar_type() == x.scalar_type() && sin.scalar_type() == x.scalar_type(),
+              "rotary: cos/sin must have x's dtype");
+  auto c = cos.contiguous(), s = sin.contiguous();
+  auto y = torch::empty({x.size(0), x.size(1), x.size(2)}, x.options());
+  const int64_t M = x.size(0), H = x.size(1), D = x.size(2), stride = x.stride(0);
+  switch (x.scalar_type()) {
+    case torch::kFloat:
+      rotary_rows(x.data_ptr<float>(), stride, H, D, c.data_ptr<float>(), s.data_ptr<float>(),
+                  y.data_ptr<float>(), M);
+      break;
+    case torch::kBFloat16:
+      rotary_rows(x.data_ptr<at::BFloat16>(), stride, H, D, c.data_ptr<at::BFloat16>(),
+                  s.data_ptr<at::BFloat16>(), y.data_ptr<at::BFloat16>(), M);
+      break;
+    case torch::kHalf:
+      rotary_rows(x.data_ptr<at::Half>(), stride, H, D, c.data_ptr<at::Half>(),
+                  s.data_ptr<at::Half>(), y.data_ptr<at::Half>(), M);
+      break;
+    default: TORCH_CHECK(false, "rotary: unsupported dtype");
+  }
+  return y;
+}
+
+std::vector<torch::Tensor> rotary(torch::Tensor q, torch::Tensor k, torch::Tensor cos,
+                                  torch::Tensor sin) {
+  return {rotary_one(q, cos, sin), rotary_one(k, cos, sin)};
+}
+
+torch::Tensor silu_mul(torch::Tensor gate_up) {
+  TORCH_CHECK(gate_up.dim() == 2 && gate_up.size(1) % 2 == 0, "silu_mul: needs (M, 2I)");
+  auto gu = gate_up.contiguous();
+  const int64_t M = gu.size(0), I = gu.size(1) / 2;
+  auto y = torch::empty({M, I}, gu.options());
+  at::parallel_for(0, M, 1, [&](int64_t r0, int64_t r1) {
+    switch (gu.scalar_type()) {
+      case torch::kFloat:
+        return silu_mul_rows(gu.data_ptr<float>(), y.data_ptr<float>(), I, r0, r1);
+      case torch::kBFloat16:
+        return silu_mul_rows(gu.data_ptr<at::BFloat16>(), y.data_ptr<at::BFloat16>(), I, r0, r1);
+      case torch::kHalf:
+        return silu_mul_rows(gu.data_ptr<at::Half>(), y.data_ptr<at::Half>(), I, r0, r1);
+      default: TORCH_CHECK(false, "silu_mul: unsupported dtype");
+    }
+  });
+  return y;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("linear", &linear, "y = x @ w.T for a few rows of x (in w's dtype)");
   m.def("paged_decode", &paged_decode, "one-query-per-sequence attention over a paged cache");
   m.def("write_kv", &write_kv, "store keys and values at their paged-cache slots");
   m.def("rms_norm", &rms_norm, "RMSNorm of each row, rounded as the float32-then-cast reference");
+  m.def("rotary", &rotary, "rotary embedding of q and k, rounded as the PyTorch reference");
+  m.def("silu_mul", &silu_mul, "silu(gate) * up of a (M, 2I) gate_up row block");
 }

@@ -15,7 +15,7 @@ from torch import nn
 
 from llmsys.kernels.attention import attention
 from llmsys.model.config import ModelConfig
-from llmsys.model.rope import apply_rotary
+from llmsys.model.rope import Rotary
 
 
 class RMSNorm(nn.Module):
@@ -49,6 +49,7 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(q_size, cfg.hidden_size, bias=cfg.o_bias)
         norm = (lambda: RMSNorm(cfg.head_dim, cfg.rms_norm_eps)) if cfg.qk_norm else nn.Identity
         self.q_norm, self.k_norm = norm(), norm()
+        self.rotary = Rotary()
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor,
                 sin: torch.Tensor, kv_cache: KVCache | None) -> torch.Tensor:
@@ -58,7 +59,7 @@ class Attention(nn.Module):
         q = self.q_norm(q.view(B, T, self.num_heads, self.head_dim))  # (B, T, Hq, D)
         k = self.k_norm(k.view(B, T, self.num_kv_heads, self.head_dim))  # (B, T, Hkv, D)
         v = v.view(B, T, self.num_kv_heads, self.head_dim)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k = self.rotary(q, k, cos, sin)
         if kv_cache is None:
             out = attention(q, k, v, positions, None, self.window)
         else:

@@ -118,6 +118,15 @@ class RotaryEmbedding(nn.Module):
 
 
 
+class Rotary(nn.Module):
+    """Rotates the queries and keys of an attention layer (a module, so that it can be swapped
+    from outside, as `kernels.cpu_modules` does for decoding)."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+
+
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x (B, T, H, D); cos/sin (B, T, 1, D) from `RotaryEmbedding`. Rotates the two halves
     (x1, x2) of each head: (x1 cos - x2 sin, x2 cos + x1 sin). With the first half of `sin`

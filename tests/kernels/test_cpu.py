@@ -15,9 +15,10 @@ from llmsys.kernels.attention import (
     paged_attention_reference,
     write_kv,
 )
-from llmsys.kernels.cpu_modules import CpuLinear, CpuRMSNorm, use_cpu_kernels
+from llmsys.kernels.cpu_modules import CpuLinear, CpuMLP, CpuRMSNorm, CpuRotary, use_cpu_kernels
 from llmsys.model.checkpoint import load_model
-from llmsys.model.layers import RMSNorm
+from llmsys.model.layers import MLP, RMSNorm
+from llmsys.model.rope import Rotary, apply_rotary
 from llmsys.testing import make_tiny_checkpoint
 
 compiled = pytest.mark.skipif(cpu.kernels() is None, reason="C++ CPU kernels not available here")
@@ -88,8 +89,10 @@ def test_swap_shares_parameters_and_keeps_outputs(tmp_path, monkeypatch):
     fast, _ = load_model(path)
     names = list(dict(fast.named_parameters()))
     n_linear = sum(type(m) is torch.nn.Linear for m in fast.modules())
-    n_norm = sum(type(m) is RMSNorm for m in fast.modules()) if cpu.kernels() else 0
-    assert use_cpu_kernels(fast) == n_linear + n_norm > n_norm
+    n_fused = sum(type(m) in (RMSNorm, MLP, Rotary) for m in fast.modules()) if cpu.kernels() else 0
+    assert use_cpu_kernels(fast) == n_linear + n_fused > n_fused
+    if cpu.kernels():
+        assert {type(m) for m in fast.modules()} >= {CpuMLP, CpuRotary, CpuRMSNorm, CpuLinear}
     assert list(dict(fast.named_parameters())) == names
     assert fast.lm_head.weight is fast.embed_tokens.weight  # the tie survives
     ids = torch.randint(0, cfg.vocab_size, (1, 40), generator=torch.Generator().manual_seed(1))
@@ -183,3 +186,40 @@ def test_compiled_decode_half_caches(dtype):
     got = paged_attention(q, kc, vc, batch, None, compiled=True)
     assert got.dtype == dtype
     assert (got.float() - ref).abs().max().item() < 2 * torch.finfo(dtype).eps * 4
+
+
+@compiled
+@pytest.mark.parametrize("dtype", [torch.float32, *HALF])
+@pytest.mark.parametrize("rows", [1, 3, 8])
+def test_rotary_kernel_is_the_reference_bit_for_bit(dtype, rows):
+    """q and k as the decode step has them (views into one qkv row block), any positions."""
+    gen = torch.Generator().manual_seed(rows)
+    hq, hkv, d = 8, 2, 64
+    qkv = torch.randn(rows, (hq + 2 * hkv) * d, generator=gen).to(dtype)
+    q = qkv[:, :hq * d].view(1, rows, hq, d)
+    k = qkv[:, hq * d:(hq + hkv) * d].view(1, rows, hkv, d)
+    angles = torch.rand(rows, d // 2, generator=gen) * 1000
+    emb = torch.cat((angles, angles), -1)
+    cos, sin = emb.cos(), emb.sin()
+    sin[:, :d // 2].neg_()
+    cos, sin = cos.to(dtype)[None, :, None], sin.to(dtype)[None, :, None]
+    fused = CpuRotary()
+    fused.module = cpu.kernels()
+    with torch.no_grad():
+        got_q, got_k = fused(q, k, cos, sin)
+    assert torch.equal(got_q, apply_rotary(q, cos, sin))
+    assert torch.equal(got_k, apply_rotary(k, cos, sin))
+
+
+@compiled
+@pytest.mark.parametrize("dtype", [torch.float32, *HALF])
+def test_silu_mul_kernel_rounds_like_the_reference(dtype):
+    """Half precision: bit for bit. float32: within one unit in the last place (exp differs
+    from PyTorch's vectorised one in the last bit)."""
+    gate_up = (torch.randn(4, 2 * 384, generator=torch.Generator().manual_seed(0)) * 4).to(dtype)
+    gate, up = gate_up.chunk(2, -1)
+    got, want = cpu.kernels().silu_mul(gate_up), F.silu(gate) * up
+    if dtype == torch.float32:
+        torch.testing.assert_close(got, want, rtol=2.5e-7, atol=1e-30)
+    else:
+        assert torch.equal(got, want)
