@@ -477,6 +477,7 @@ class Agent:
         self.traces.finish(state.run_id, end_state.value, answer, state.usage.to_dict(), cost)
         if error:
             self.traces.record(state.run_id, state.step, "error", {"error": error}, error=error)
+        self._clock.pop(state.run_id, None)  # a resume sets it again
         result = RunResult(state.run_id, answer, end_state, state.step, state.usage, cost,
                            forced, [ToolCall(**c) for c in state.pending], state.session_id,
                            state.tool_calls)
