@@ -37,13 +37,13 @@ the weighted fusion of the max-sim ranking (weight 1 - w) and the first-stage ra
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from llmsys.rag import chunking
 from llmsys.rag.store import Hit, Store
 
 if TYPE_CHECKING:
@@ -58,7 +58,6 @@ Normalization = Literal["minmax", "none"]
 MODES = ("bm25", "dense", "hybrid")
 FUSIONS = ("rrf", "weighted")
 NORMALIZATIONS = ("minmax", "none")
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 
 
 # ----------------------------------------------------------------------------- checks
@@ -212,8 +211,8 @@ class Retriever:
 # ----------------------------------------------------------------------------- reranker
 
 def split_sentences(text: str) -> list[str]:
-    """The non-blank sentences of `text` (cut after . ! ? + white space, and at line breaks)."""
-    return [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
+    """The sentences of `text` (the chunkers' splitter), as strings."""
+    return [text[start:end] for start, end in chunking.split_sentences(text)]
 
 
 @dataclass(frozen=True)
