@@ -474,6 +474,11 @@ def _blocks(text: str) -> list[_Block]:
     return blocks
 
 
+def markdown_headings(text: str) -> list[tuple[int, int, str]]:
+    """(start, level, title) of each ATX heading outside fenced code blocks, in order."""
+    return [(b.start, b.level, b.title) for b in _blocks(text) if b.kind == "heading"]
+
+
 def _sections(blocks: list[_Block]) -> list[tuple[list[str], list[_Block]]]:
     """Blocks grouped under their heading (the heading first), with the heading path."""
     path: list[tuple[int, str]] = []

@@ -76,6 +76,7 @@ from pathlib import Path
 from typing import Any
 
 from llmsys.agent.web import HTML_TYPES, FetchConfig, FetchError, check_url, fetch, html_to_text
+from llmsys.rag.chunking import markdown_headings
 
 __all__ = ["READERS", "READ_URL_CONFIG", "ReaderError", "Section", "Skipped", "SourceDocument",
            "markdown_sections", "read_path", "read_sources", "read_url"]
@@ -161,12 +162,6 @@ class Skipped:
 
 # ----------------------------------------------------------------------------- markdown
 
-_LINE = re.compile(r"[^\n]*\n?")
-_HEADING = re.compile(r" {0,3}(#{1,6})(?:[ \t]+(.*))?")
-_CLOSING_HASHES = re.compile(r"(?:^|[ \t]+)#+[ \t]*$")
-_FENCE = re.compile(r" {0,3}(`{3,}|~{3,})(.*)")
-
-
 @dataclass(frozen=True)
 class _Heading:
     start: int
@@ -175,25 +170,8 @@ class _Heading:
 
 
 def _headings(text: str) -> list[_Heading]:
-    """ATX headings outside fenced code blocks, in order."""
-    headings: list[_Heading] = []
-    closing: re.Pattern[str] | None = None
-    for m in _LINE.finditer(text):
-        line = m.group().rstrip("\n")
-        if closing is not None:
-            if closing.fullmatch(line):
-                closing = None
-            continue
-        fence = _FENCE.fullmatch(line)
-        if fence and not (fence.group(1)[0] == "`" and "`" in fence.group(2)):
-            marker = fence.group(1)
-            closing = re.compile(rf" {{0,3}}{re.escape(marker[0])}{{{len(marker)},}}[ \t]*")
-            continue
-        heading = _HEADING.fullmatch(line)
-        if heading:
-            title = _CLOSING_HASHES.sub("", heading.group(2) or "").strip()
-            headings.append(_Heading(m.start(), len(heading.group(1)), title))
-    return headings
+    """ATX headings outside fenced code blocks, in order (the chunkers' Markdown scanner)."""
+    return [_Heading(*h) for h in markdown_headings(text)]
 
 
 def markdown_sections(text: str) -> tuple[Section, ...]:
