@@ -22,11 +22,9 @@ import threading
 from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from llmsys.agent.memory import approx_tokens
+
 Reply = dict | Callable[[dict], dict]
-
-
-def approx_tokens(text: str) -> int:
-    return max(1, len(text) // 4)
 
 
 class ScriptedChatServer:
