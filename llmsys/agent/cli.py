@@ -87,17 +87,21 @@ def cmd_agent_run(args: argparse.Namespace) -> None:
                   mode=args.mode, memory=memory, trace_db=args.db,
                   instructions=args.instructions or DEFAULT_INSTRUCTIONS)
     events = agent.stream(args.task, session_id=args.session)
+    error = None
     while True:
         result = None
         for event in events:
             if not args.json:
                 _print_event(event)
             result = event.result or result
+            error = event.data.get("error") if event.kind == "end" else error
         if result is None or result.end_state is not EndState.AWAITING_APPROVAL:
             break
         events = agent.resume_stream(result.run_id, _ask_approval(result.pending, args.yes))
     if args.json:
         print(json.dumps(result.to_dict(), ensure_ascii=False))
+    if result.end_state is EndState.MODEL_ERROR:  # exit 2 with the endpoint's message
+        raise ValueError(f"the model endpoint failed: {error}")
 
 
 def _ask_approval(pending, yes: bool) -> dict[str, bool]:

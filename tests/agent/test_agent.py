@@ -454,6 +454,11 @@ def test_cli_run_streams_and_prints_json(tmp_path) -> None:
                           server.base_url, "--model", "m", "--tools", "teleport"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "unknown tool set 'teleport'" in bad.stderr
+    down = subprocess.run([sys.executable, "-m", "llmsys.cli", "agent", "run", "x", "--base-url",
+                           "http://127.0.0.1:9/v1", "--model", "m", "--db",
+                           str(tmp_path / "b.db")], capture_output=True, text=True, timeout=120)
+    assert down.returncode == 2 and "the model endpoint failed" in down.stderr
+    assert "Traceback" not in down.stderr
 
 
 class WordEmbedder:
