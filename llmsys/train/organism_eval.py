@@ -144,7 +144,9 @@ def run_agent_task(agent, task: EvalTask) -> TaskResult:
     run = agent.run(task.messages[-1]["content"])
     result.calls = len(run.tool_calls)
     result.tools_called = [c["name"] for c in run.tool_calls]
-    result.valid_calls = sum(not c["result"].startswith("Error: ") for c in run.tool_calls)
+    result.valid_calls = sum(check_call(c["name"], c["arguments"] if isinstance(c["arguments"], str)
+                                        else json.dumps(c["arguments"]))[1] is None
+                             for c in run.tool_calls)  # the same check as the direct run
     result.usage = run.usage.total_tokens
     if run.end_state.value == "model_error":
         result.error = "model error"
