@@ -119,17 +119,16 @@ class CpuMLP(MLP):
         return self.down_proj(hidden.view(*x.shape[:-1], -1))
 
 
-def _swap_fused(parent: nn.Module, name: str, child: nn.Module, module: ModuleType) -> bool:
-    """Replace a Rotary or MLP child by its fused-kernel subclass (same parameters)."""
+def _swap_fused(child: nn.Module, module: ModuleType) -> bool:
+    """Turn a Rotary or MLP into its fused-kernel subclass in place (the subclasses add no
+    state but the kernel module, so the parameters and submodules stay as they are)."""
     if type(child) is Rotary:
-        fused: nn.Module = CpuRotary()
+        child.__class__ = CpuRotary
     elif type(child) is MLP and child.gate_up_proj.weight.device.type == "cpu":
-        fused = CpuMLP.__new__(CpuMLP)
-        fused.__dict__.update(child.__dict__)  # the same submodules and parameters
+        child.__class__ = CpuMLP
     else:
         return False
-    fused.module = module
-    setattr(parent, name, fused)
+    child.module = module
     return True
 
 
@@ -141,7 +140,7 @@ def use_cpu_kernels(model: nn.Module, compiled: bool = True) -> int:
     module = kernels() if compiled else None
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if module is not None and _swap_fused(parent, name, child, module):
+            if module is not None and _swap_fused(child, module):
                 swapped += 1
                 continue
             if type(child) is RMSNorm and module is not None and child.weight.device.type == "cpu":
