@@ -264,6 +264,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _cli() -> int:
+    """`main` with bad input (a missing collection, a store made with another embedder)
+    reported in one line and exit status 2 instead of a traceback."""
+    from llmsys.rag.store import StoreError
+
+    try:
+        return main()
+    except (OSError, ValueError, StoreError) as e:
+        print(f"llmsys.rag.evaluate: error: {e}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_cli())
 

@@ -209,3 +209,14 @@ def test_maxsim_with_real_minilm() -> None:
             hit("y", 1.0, text="The weather was mild. Heat transfer in a laminar boundary "
                                 "layer was measured.")]
     assert ids(reranker.rerank("boundary layer heat transfer", hits, k=2)) == ["y", "x"]
+
+
+def test_evaluate_cli_reports_a_missing_collection_in_one_line(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "llmsys.rag.evaluate", "--cranfield",
+                           str(tmp_path / "nowhere"), "--workdir", str(tmp_path / "w")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "missing file" in done.stderr and "cran.all.1400" in done.stderr
