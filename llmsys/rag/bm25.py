@@ -54,7 +54,7 @@ import math
 import re
 import threading
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -329,7 +329,7 @@ class BM25Index:
         contain a query term. Raises KeyError for a document that is not indexed."""
         slots = np.array([self._slot_of(d) for d in doc_ids], dtype=np.int64)
         scores = np.zeros(len(slots), dtype=np.float64)
-        terms, weights, idf = self._query_terms(query_tokens)
+        terms, weights, idf = self._query_terms(Counter(query_tokens))
         if not terms or not len(slots):
             return scores
         ids = [self._slot_ids[s] for s in slots]
@@ -348,9 +348,17 @@ class BM25Index:
         score descending then doc id ascending; documents scoring <= 0 are left out.
         `allowed` restricts the candidates before the top k is taken; the statistics (N,
         df, avgdl) stay those of the whole index, so each score equals the unfiltered one."""
+        return self.search_weighted(Counter(query_tokens), k, allowed)
+
+    def search_weighted(
+        self, query_weights: Mapping[str, float], k: int, allowed: set[str] | None = None
+    ) -> list[tuple[str, float]]:
+        """`search` for a weighted query: term -> weight (> 0) multiplies that term's share
+        of the score (`search(tokens)` is `search_weighted(Counter(tokens))`); used by
+        query expansion, whose terms carry fractional weights."""
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise ValueError(f"k must be an int >= 1, got {k!r}")
-        terms, weights, idf = self._query_terms(query_tokens)
+        terms, weights, idf = self._query_terms(query_weights)
         if not terms:
             return []
         slots, scores = self._score_candidates(terms, weights, idf)
@@ -359,6 +367,11 @@ class BM25Index:
             slots, scores = slots[keep], scores[keep]
         positive = scores > 0
         return self._top_k(slots[positive], scores[positive], k)
+
+    def term_counts(self, doc_id: str) -> dict[str, int]:
+        """term -> tf of an indexed document (KeyError if it is not indexed)."""
+        self._slot_of(doc_id)
+        return {term: self._postings[term][doc_id] for term in self._doc_terms[doc_id]}
 
     def _slot_of(self, doc_id: str) -> int:
         try:
@@ -370,12 +383,15 @@ class BM25Index:
         slots = [self._slot[d] for d in allowed if d in self._slot]
         return np.array(slots, dtype=np.int64)
 
-    def _query_terms(self, query_tokens: Iterable[str]) -> tuple[list[str], np.ndarray,
-                                                                  np.ndarray]:
-        """Distinct known query terms, their repeat counts and their idf."""
-        counts = Counter(t for t in query_tokens if t in self._postings)
-        terms = list(counts)
-        weights = np.array([counts[t] for t in terms], dtype=np.float64)
+    def _query_terms(self, query_weights: Mapping[str, float]
+                     ) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Distinct known query terms, their weights and their idf."""
+        for term, w in query_weights.items():
+            if isinstance(w, bool) or not isinstance(w, int | float) or not 0 < w < math.inf:
+                raise ValueError(f"query term weights must be finite numbers > 0, got "
+                                 f"{term!r}: {w!r}")
+        terms = [t for t in query_weights if t in self._postings]
+        weights = np.array([query_weights[t] for t in terms], dtype=np.float64)
         df = np.array([len(self._postings[t]) for t in terms], dtype=np.float64)
         return terms, weights, self.params.idf(df, len(self._slot))
 

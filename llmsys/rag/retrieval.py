@@ -23,9 +23,12 @@ Functions (every ranking is a list of `Hit`s, best first):
 
 Fused hits keep the chunk fields of the hit seen first and carry the fused score.
 
-`Retriever(store, mode, fusion, candidates, rrf_k, weights)`: "bm25" and "dense" are the
-store's searches; "hybrid" takes the top `candidates` of both and fuses them (RRF or weighted
-fusion with `weights` = (bm25, dense)), then cuts to k. `fuse(bm25_hits, dense_hits, k)` is
+`Retriever(store, mode, fusion, candidates, rrf_k, weights, feedback)`: "bm25" and "dense"
+are the store's searches; "hybrid" takes the top `candidates` of both and fuses them (RRF or
+weighted fusion with `weights` = (bm25, dense)), then cuts to k. With `feedback=Feedback()`
+each side first runs a short search and searches again with the query expanded from its
+results (RM3 for BM25, Rocchio for dense; `llmsys.rag.feedback`): three more store queries,
+the largest gain measured on Cranfield (docs/benchmarks.md). `fuse(bm25_hits, dense_hits, k)` is
 the fusion step alone, for evaluating many settings on cached first-stage results.
 
 `MaxSimReranker(embedder, first_stage_weight=0.0)`: scores each hit by the highest cosine
@@ -44,6 +47,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from llmsys.rag import chunking
+from llmsys.rag.feedback import Feedback, rm3_weights, rocchio
 from llmsys.rag.store import Hit, Store
 
 if TYPE_CHECKING:
@@ -180,6 +184,7 @@ class Retriever:
     candidates: int = 100
     rrf_k: int = 60
     weights: tuple[float, float] = (0.5, 0.5)
+    feedback: Feedback | None = None
 
     def __post_init__(self) -> None:
         _check_choice("mode", self.mode, MODES)
@@ -187,17 +192,44 @@ class Retriever:
         _check_int("candidates", self.candidates, 1)
         _check_int("rrf_k", self.rrf_k, 0)
         object.__setattr__(self, "weights", _check_weights(self.weights, 2))
+        if self.feedback is not None and not isinstance(self.feedback, Feedback):
+            raise TypeError(f"feedback must be a Feedback or None, got "
+                            f"{type(self.feedback).__name__}")
 
     def search(self, query: str, k: int, filter: dict[str, Any] | None = None) -> list[Hit]:
         """The top k chunks for `query` (restricted by `filter`, as in `Store`)."""
         _check_int("k", k, 1)
         if self.mode == "bm25":
-            return self.store.search_bm25(query, k, filter)
+            return self.search_bm25(query, k, filter)
         if self.mode == "dense":
-            return self.store.search_dense(query, k, filter)
+            return self.search_dense(query, k, filter)
         depth = max(k, self.candidates)
-        return self.fuse(self.store.search_bm25(query, depth, filter),
-                         self.store.search_dense(query, depth, filter), k)
+        return self.fuse(self.search_bm25(query, depth, filter),
+                         self.search_dense(query, depth, filter), k)
+
+    def search_bm25(self, query: str, k: int, filter: dict[str, Any] | None = None
+                    ) -> list[Hit]:
+        """BM25, expanded by RM3 when `feedback` asks for it."""
+        fb = self.feedback
+        if fb is None or not fb.lexical:
+            return self.store.search_bm25(query, k, filter)
+        terms = self.store.analyzer.analyze(query)
+        first = self.store.search_bm25(query, fb.docs, filter)
+        weights = rm3_weights(self.store.term_counts, terms,
+                              [(h.chunk_id, h.score) for h in first], fb)
+        return self.store.search_bm25_terms(weights, k, filter) if weights else []
+
+    def search_dense(self, query: str, k: int, filter: dict[str, Any] | None = None
+                     ) -> list[Hit]:
+        """Dense search, from a Rocchio-moved query vector when `feedback` asks for it."""
+        fb = self.feedback
+        if fb is None or not fb.dense:
+            return self.store.search_dense(query, k, filter)
+        vector = self.store.embed([query])[0]
+        first = self.store.search_dense_vector(vector, fb.dense_docs, filter)
+        moved = rocchio(vector, self.store.vectors([h.chunk_id for h in first]),
+                        fb.dense_weight)
+        return self.store.search_dense_vector(moved, k, filter)
 
     def fuse(self, bm25_hits: Sequence[Hit], dense_hits: Sequence[Hit], k: int) -> list[Hit]:
         """The top k of the fusion of the first `candidates` hits of each list."""

@@ -35,6 +35,14 @@ float, bool or None). BM25 scores keep the statistics of the whole store; dense 
 exact KNN restricted to the allowed chunks. Dense scores are cosine similarities; dense
 search returns at most 4096 hits (the largest k sqlite-vec accepts). Ties are broken by chunk id.
 
+Vector index (optional): `Store(path, embedder, vector_index=FaissHNSWIndex(HNSWConfig(m=32)))`
+makes dense search approximate, through a FAISS HNSW graph saved next to the file as
+`<path>.faiss` (see `llmsys.rag.faiss_index`). The store opens it (the side file is reused
+when it matches the stored vectors, else caught up or rebuilt), tells it what each commit
+added and removed, and saves it on `close`; the index itself catches up when another
+connection has written. With a filter, it searches only the allowed chunks (exactly when
+they are few). Hits and scores are as above, but the top k may miss some true neighbours.
+
 Not thread-safe: one `Store` per thread (several processes may share the file).
 """
 
@@ -45,7 +53,7 @@ import json
 import math
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,6 +63,7 @@ import numpy as np
 
 from llmsys.rag.bm25 import Analyzer, BM25Index, BM25Params
 from llmsys.rag.chunking import Chunk
+from llmsys.rag.faiss_index import FaissHNSWIndex
 from llmsys.rag.readers import SourceDocument
 
 if TYPE_CHECKING:
@@ -257,10 +266,15 @@ class Store:
     """Documents, chunks, BM25 statistics and embeddings in one SQLite file (see module)."""
 
     def __init__(self, path: str | Path, embedder: Embedder, analyzer: Analyzer | None = None,
-                 params: BM25Params | None = None) -> None:
+                 params: BM25Params | None = None,
+                 vector_index: FaissHNSWIndex | None = None) -> None:
         dim = getattr(embedder, "dim", None)
         if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
             raise StoreError(f"embedder.dim must be an int >= 1, got {dim!r}")
+        if vector_index is not None and not isinstance(vector_index, FaissHNSWIndex):
+            raise TypeError(f"vector_index must be a FaissHNSWIndex or None, got "
+                            f"{type(vector_index).__name__}")
+        self.vector_index = vector_index  # optional approximate index (faiss_index.py)
         self.path = Path(path)
         self.embedder = embedder
         self.analyzer = analyzer if analyzer is not None else Analyzer()
@@ -269,6 +283,8 @@ class Store:
         try:
             self._init_schema(_embedder_name(embedder), dim)
             self._index = self._load_index()
+            if vector_index is not None:  # vector index: load its side file or rebuild
+                vector_index.open(self._conn, self.path, dim)
         except BaseException:
             self._conn.close()
             raise
@@ -276,7 +292,11 @@ class Store:
     # -- lifecycle ------------------------------------------------------------------------
 
     def close(self) -> None:
-        self._conn.close()
+        try:
+            if self.vector_index is not None:  # vector index: saves its side file
+                self.vector_index.close()
+        finally:
+            self._conn.close()
 
     def __enter__(self) -> Store:
         return self
@@ -330,10 +350,12 @@ class Store:
 
     # -- writing --------------------------------------------------------------------------
 
-    def upsert(self, document: SourceDocument, chunks: list[Chunk]) -> UpsertResult:
+    def upsert(self, document: SourceDocument, chunks: list[Chunk],
+               vectors: Mapping[str, np.ndarray] | None = None) -> UpsertResult:
         """Store `document` split into `chunks` (offsets into `document.text`), replacing
         whatever it had, in one transaction; nothing happens if its content hash is the
-        stored one."""
+        stored one. `vectors` (chunk id -> embedding, e.g. computed for many documents in
+        one batch) are used instead of embedding those chunks again."""
         self._sync()
         if self._stored_hash(document.doc_id) == document.content_hash:
             return UpsertResult(0, 0, unchanged=True)
@@ -341,10 +363,12 @@ class Store:
         for _ in range(_PLAN_ATTEMPTS):
             self._sync()
             known = set(self._chunk_ids_of(document.doc_id))
-            missing = [p for p in planned if p.chunk_id not in known]
-            vectors = self._embed([p.chunk.text for p in missing])
-            result = self._write(document, planned, dict(zip([p.chunk_id for p in missing],
-                                                             vectors, strict=True)))
+            given = {p.chunk_id: vectors[p.chunk_id] for p in planned
+                     if vectors is not None and p.chunk_id in vectors}
+            missing = [p for p in planned if p.chunk_id not in known and p.chunk_id not in given]
+            computed = self._embed([p.chunk.text for p in missing])
+            given.update(zip([p.chunk_id for p in missing], computed, strict=True))
+            result = self._write(document, planned, given)
             if result is not None:
                 return result
         raise StoreError(f"document {document.doc_id!r} kept changing under concurrent writers; "
@@ -442,6 +466,8 @@ class Store:
         except (KeyError, ValueError):  # out of step (e.g. another writer): rebuild
             self._index = self._load_index()
         self._data_version = self._current_data_version()
+        if self.vector_index is not None:  # vector index: apply the same change
+            self.vector_index.after_commit(removed, [p.chunk_id for p in added])
 
     def _stored_hash(self, doc_id: str) -> str | None:
         return self._scalar("SELECT content_hash FROM documents WHERE doc_id = ?", (doc_id,))
@@ -532,9 +558,24 @@ class Store:
 
     def search_dense(self, query: str, k: int, filter: dict[str, Any] | None = None
                      ) -> list[Hit]:
-        """Top `k` chunks by cosine similarity to the query embedding (exact KNN)."""
+        """Top `k` chunks by cosine similarity to the query embedding (exact KNN, or
+        approximate through `vector_index` when the store has one)."""
         _check_k(k)
-        vector = self._embed([query])[0].tobytes()
+        return self.search_dense_vector(self._embed([query])[0], k, filter)
+
+    def search_dense_vector(self, vector: np.ndarray, k: int,
+                            filter: dict[str, Any] | None = None) -> list[Hit]:
+        """`search_dense` for a query vector of the embedder's dimension (e.g. one moved
+        by `feedback.rocchio`)."""
+        _check_k(k)
+        vector = np.asarray(vector, dtype=np.float32)
+        if vector.shape != (self.embedder.dim,) or not np.isfinite(vector).all():
+            raise ValueError(f"vector must be {self.embedder.dim} finite numbers, got shape "
+                             f"{vector.shape}")
+        if self.vector_index is not None:  # vector index: approximate search (HNSW)
+            allowed = None if filter is None else self._allowed_ids(filter)
+            return self._hits(self.vector_index.search(vector, min(k, MAX_KNN_K), allowed))
+        vector = vector.tobytes()
         sql = "SELECT rowid, distance FROM vec_chunks WHERE embedding MATCH ? AND k = ?"
         where_params: list[Any] = []
         if filter is not None:
@@ -577,6 +618,47 @@ class Store:
             c = self.get_chunk(cid)
             hits.append(Hit(cid, c.doc_id, float(score), c.text, c.start, c.end, c.metadata))
         return hits
+
+    # -- feedback and batch ingestion helpers ---------------------------------------------
+
+    def content_hash(self, doc_id: str) -> str | None:
+        """The stored content hash of a document (None when it is not stored)."""
+        return self._stored_hash(doc_id)
+
+    def chunk_ids(self, doc_id: str) -> set[str]:
+        """The ids of a document's stored chunks."""
+        return set(self._chunk_ids_of(doc_id))
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """The embedder's vectors for `texts`, checked: (len(texts), dim) finite float32."""
+        return self._embed(list(texts))
+
+    def vectors(self, chunk_ids: Sequence[str]) -> np.ndarray:
+        """The stored embeddings of the given chunks, in order (KeyError for an unknown id)."""
+        rows = dict(self._conn.execute(
+            "SELECT c.chunk_id, v.embedding FROM chunks c JOIN vec_chunks v "
+            "ON v.rowid = c.vec_rowid WHERE c.chunk_id IN (SELECT value FROM json_each(?))",
+            (json.dumps(list(chunk_ids)),)))
+        out = np.zeros((len(chunk_ids), self.embedder.dim), dtype=np.float32)
+        for i, cid in enumerate(chunk_ids):
+            if cid not in rows:
+                raise KeyError(f"no chunk {cid!r} in {self.path}")
+            out[i] = np.frombuffer(rows[cid], dtype=np.float32)
+        return out
+
+    def term_counts(self, chunk_id: str) -> dict[str, int]:
+        """term -> count of a stored chunk's analysed text (KeyError for an unknown id)."""
+        self._sync()
+        return self._index.term_counts(chunk_id)
+
+    def search_bm25_terms(self, weights: Mapping[str, float], k: int,
+                          filter: dict[str, Any] | None = None) -> list[Hit]:
+        """`search_bm25` for an analysed, weighted query (term -> weight > 0), e.g. one
+        expanded by `feedback.rm3_weights`."""
+        _check_k(k)
+        self._sync()
+        allowed = None if filter is None else set(self._allowed_ids(filter))
+        return self._hits(self._index.search_weighted(weights, k, allowed=allowed))
 
     # -- checking -------------------------------------------------------------------------
 

@@ -15,7 +15,8 @@ import pytest
 
 from llmsys.rag.chunking import Chunk
 from llmsys.rag.datasets import Collection, Document, Query
-from llmsys.rag.evaluate import REPORTED, HybridConfig, evaluate_stages
+from llmsys.rag.evaluate import DEFAULT_STAGES, REPORTED, HybridConfig, evaluate_stages
+from llmsys.rag.feedback import Feedback
 from llmsys.rag.metrics import evaluate_run
 from llmsys.rag.readers import SourceDocument
 from llmsys.rag.retrieval import (
@@ -177,17 +178,26 @@ def tiny_collection() -> Collection:
 
 def test_evaluate_stages_matches_evaluate_run_by_hand(tmp_path: Path) -> None:
     collection, embedder = tiny_collection(), ConceptEmbedder()
-    config = HybridConfig(rrf_k=10, candidates=3)
+    feedback = Feedback(docs=2, terms=5, original_weight=0.6, dense_docs=1, dense_weight=0.5)
+    config = HybridConfig(rrf_k=10, candidates=3, feedback=feedback)
     got = evaluate_stages(collection, tmp_path / "e.db", embedder, k=10, progress=False,
                           config=config)
-    assert list(got) == ["bm25", "dense", "hybrid", "hybrid+rerank"]
+    assert list(got) == list(DEFAULT_STAGES)
     with Store(tmp_path / "e.db", embedder) as store:
-        retriever = Retriever(store, "hybrid", candidates=3, rrf_k=10)
+        plain = Retriever(store, "hybrid", candidates=3, rrf_k=10)
+        fed = Retriever(store, "hybrid", candidates=3, rrf_k=10, feedback=feedback)
+        rerank = MaxSimReranker(embedder).rerank
         searches = {"bm25": lambda q: store.search_bm25(q, 10),
                     "dense": lambda q: store.search_dense(q, 10),
-                    "hybrid": lambda q: retriever.search(q, 10),
-                    "hybrid+rerank": lambda q: MaxSimReranker(embedder).rerank(
-                        q, retriever.search(q, 10), 10)}
+                    "hybrid": lambda q: plain.search(q, 10),
+                    "hybrid+rerank": lambda q: rerank(q, plain.search(q, 10), 10),
+                    "bm25+prf": lambda q: Retriever(store, "bm25", feedback=feedback
+                                                    ).search(q, 10),
+                    "dense+prf": lambda q: Retriever(store, "dense", feedback=feedback
+                                                     ).search(q, 10),
+                    "hybrid+prf": lambda q: fed.search(q, 10),
+                    "hybrid+prf+rerank": lambda q: rerank(q, fed.search(q, 10), 10)}
+        assert set(searches) == set(DEFAULT_STAGES)
         for stage, search in searches.items():
             run = {q.id: doc_ranking(search(q.text)) for q in collection.queries}
             expected = evaluate_run(run, collection.qrels, (10, 100))
