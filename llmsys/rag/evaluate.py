@@ -1,27 +1,33 @@
-"""Evaluate retrieval stages (BM25, dense, hybrid, hybrid + rerank) on an IR collection.
+"""Evaluate retrieval stages (BM25, dense, hybrid; with feedback; with a reranker) on an IR
+collection, tuning only on a dev split.
 
     from llmsys.rag.evaluate import HybridConfig, evaluate_stages
     metrics = evaluate_stages(collection, "build/rag-eval/cran.db", embedder,
-                              stages=("bm25", "dense", "hybrid", "hybrid+rerank"), k=100)
-    metrics["hybrid"]["ndcg@10"]
+                              stages=("bm25", "hybrid", "hybrid+prf"), k=100)
+    metrics["hybrid+prf"]["ndcg@10"]
 
     python -m llmsys.rag.evaluate --cranfield DIR [--dev-fraction 0.5] [--json OUT]
+    llmsys rag eval --dataset BEIR_DIR [--split test]          # the same, from the CLI
 
-Ingestion: each document becomes ONE chunk holding "title\\n\\ntext" (the whole document;
+Ingestion: each document becomes ONE chunk holding "title\n\ntext" (the whole document;
 Cranfield abstracts are short, so no chunker is needed and a document's score is its chunk's
 score). Documents with no text at all are stored without chunks. Re-running with the same
 store file skips documents already there (the store's content hash).
 
-Stages: "bm25", "dense", "hybrid", each optionally followed by "+rerank" (the top k of the
-stage reordered by `MaxSimReranker`). Every query's top k chunks are turned into a document
-run by `doc_ranking` (best chunk) and scored with `metrics.evaluate_run`; the reported
-metrics are recall@10, recall@100, mrr@10, map and ndcg@10.
+Stages: "bm25", "dense" or "hybrid", optionally followed by "+prf" (pseudo-relevance
+feedback: RM3 for BM25, Rocchio for dense, `llmsys.rag.feedback`) and then by "+rerank" (the
+top k reordered by `MaxSimReranker`, blended with the first stage by `rerank_weight`). Every
+query's top k chunks become a document run by `doc_ranking` (best chunk), scored with
+`metrics.evaluate_run`; reported: recall@10, recall@100, mrr@10, map and ndcg@10.
 
-`main` splits the queries into dev and test (`Collection.split`), picks the hybrid settings
-(fusion, RRF k, weights, candidate depth, reranker blend) that give the best dev nDCG@10 from
-a small grid (`GRID_*`), then evaluates every stage with the defaults and with the tuned
-settings on the test queries only. It prints a markdown table and writes the numbers and the
-chosen settings as JSON. Embeddings go through a `CachedEmbedder` file, so re-runs are fast.
+`evaluate_collection` (what `main` runs) splits the queries into dev and test
+(`Collection.split`), measures every stage with default settings on the test queries, then
+tunes on the dev queries only, each choice by dev nDCG@10: the RM3 and Rocchio settings
+(`GRID_RM3`, `GRID_ROCCHIO`), the fusion settings of "hybrid" and of "hybrid+prf" (fusion,
+RRF k, weights, candidate depth), the reranker blend (1.0 = no reranking), and finally the
+best of the four hybrid stages. The tuned settings are then measured on the test queries. It
+prints a markdown table and writes the numbers and the chosen settings as JSON. Embeddings go
+through a `CachedEmbedder` file, so re-runs are fast.
 """
 
 from __future__ import annotations
@@ -31,12 +37,13 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from llmsys.rag.chunking import Chunk
 from llmsys.rag.datasets import Collection, Document
+from llmsys.rag.feedback import Feedback
 from llmsys.rag.metrics import evaluate_run
 from llmsys.rag.readers import SourceDocument
 from llmsys.rag.retrieval import FUSIONS, MaxSimReranker, Retriever, doc_ranking
@@ -48,28 +55,36 @@ if TYPE_CHECKING:
 __all__ = ["HybridConfig", "REPORTED", "evaluate_stages", "ingest", "main"]
 
 BASE_STAGES = ("bm25", "dense", "hybrid")
-DEFAULT_STAGES = ("bm25", "dense", "hybrid", "hybrid+rerank")
+MODIFIERS = ("", "+prf", "+rerank", "+prf+rerank")
+STAGES = tuple(base + mod for mod in MODIFIERS for base in BASE_STAGES)
+DEFAULT_STAGES = ("bm25", "dense", "hybrid", "hybrid+rerank", "bm25+prf", "dense+prf",
+                  "hybrid+prf", "hybrid+prf+rerank")
 REPORTED = ("recall@10", "recall@100", "mrr@10", "map", "ndcg@10")
 KS = (10, 100)
-RERANK = "+rerank"
+PRF, RERANK = "+prf", "+rerank"
 GRID_RRF_K = (5, 10, 20, 30, 60, 100, 200)
 GRID_WEIGHTS = ((0.3, 0.7), (0.4, 0.6), (0.5, 0.5), (0.6, 0.4), (0.7, 0.3))
 GRID_CANDIDATES = (20, 50, 100, 200)
-GRID_RERANK_WEIGHT = (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+GRID_RERANK_WEIGHT = (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+GRID_RM3 = tuple((docs, terms, weight) for docs in (5, 10, 20) for terms in (10, 20, 50)
+                 for weight in (0.3, 0.5, 0.7))
+GRID_ROCCHIO = tuple((docs, weight) for docs in (1, 3, 5, 10) for weight in (0.25, 0.5, 1.0))
 
 Results = dict[str, dict[str, float]]
-FirstStage = dict[str, tuple[list[Hit], list[Hit]]]   # query id -> (bm25 hits, dense hits)
+Lists = dict[str, dict[str, list[Hit]]]   # query id -> list name ("bm25", "dense+prf") -> hits
 
 
 @dataclass(frozen=True)
 class HybridConfig:
-    """Settings of the hybrid stage and of the reranker (see `Retriever`, `MaxSimReranker`)."""
+    """Settings of the hybrid stage, of feedback and of the reranker (see `Retriever`,
+    `Feedback`, `MaxSimReranker`)."""
 
     fusion: Literal["rrf", "weighted"] = "rrf"
     rrf_k: int = 60
     weights: tuple[float, float] = (0.5, 0.5)
     candidates: int = 100
     rerank_weight: float = 0.0
+    feedback: Feedback = Feedback()
 
     def __post_init__(self) -> None:
         if self.fusion not in FUSIONS:
@@ -77,9 +92,9 @@ class HybridConfig:
         if not 0.0 <= self.rerank_weight <= 1.0:
             raise ValueError(f"rerank_weight must be in [0, 1], got {self.rerank_weight!r}")
 
-    def retriever(self, store: Store, mode: str) -> Retriever:
+    def retriever(self, store: Store, mode: str, feedback: bool = False) -> Retriever:
         return Retriever(store, mode, self.fusion, self.candidates,  # type: ignore[arg-type]
-                         self.rrf_k, self.weights)
+                         self.rrf_k, self.weights, self.feedback if feedback else None)
 
 
 # ----------------------------------------------------------------------------- ingestion
@@ -109,33 +124,38 @@ def ingest(store: Store, collection: Collection, progress: bool = False) -> int:
 def _check_stages(stages: Sequence[str]) -> None:
     if not stages:
         raise ValueError("stages must name at least one stage, got an empty sequence")
-    allowed = [*BASE_STAGES, *(s + RERANK for s in BASE_STAGES)]
     for stage in stages:
-        if stage not in allowed:
-            raise ValueError(f"unknown stage {stage!r}; allowed: {', '.join(allowed)}")
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; allowed: {', '.join(STAGES)}")
 
 
-def first_stage(store: Store, collection: Collection, depth: int,
-                progress: bool = False) -> FirstStage:
-    """Each query's top `depth` BM25 and dense hits (computed once, fused many times)."""
-    out: FirstStage = {}
+def first_stage(store: Store, collection: Collection, depth: int, config: HybridConfig,
+                lists: Sequence[str] = ("bm25", "dense", "bm25+prf", "dense+prf"),
+                progress: bool = False) -> Lists:
+    """Each query's top `depth` hits of each named list (BM25 or dense, with or without
+    feedback), computed once and fused many times."""
+    plain, fed = config.retriever(store, "hybrid"), config.retriever(store, "hybrid", True)
+    out: Lists = {}
     for query in _bar(collection.queries, progress, "first stage"):
-        out[query.id] = (store.search_bm25(query.text, depth),
-                         store.search_dense(query.text, depth))
+        out[query.id] = {}
+        for name in lists:
+            retriever = fed if name.endswith(PRF) else plain
+            search = retriever.search_bm25 if name.startswith("bm25") else retriever.search_dense
+            out[query.id][name] = search(query.text, depth)
     return out
 
 
-def _stage_hits(stage: str, bm25: list[Hit], dense: list[Hit], k: int,
-                retriever: Retriever) -> list[Hit]:
+def _stage_hits(stage: str, lists: dict[str, list[Hit]], k: int, retriever: Retriever
+                ) -> list[Hit]:
     base = stage.removesuffix(RERANK)
-    if base == "bm25":
-        return bm25[:k]
-    if base == "dense":
-        return dense[:k]
-    return retriever.fuse(bm25, dense, k)
+    suffix = PRF if base.endswith(PRF) else ""
+    base = base.removesuffix(PRF)
+    if base in ("bm25", "dense"):
+        return lists[base + suffix][:k]
+    return retriever.fuse(lists["bm25" + suffix], lists["dense" + suffix], k)
 
 
-def run_stages(store: Store, collection: Collection, cached: FirstStage, stages: Sequence[str],
+def run_stages(store: Store, collection: Collection, cached: Lists, stages: Sequence[str],
                k: int, config: HybridConfig, progress: bool = False) -> Results:
     """Stage -> metric -> value over `collection`'s queries, from cached first-stage hits."""
     _check_stages(stages)
@@ -146,7 +166,7 @@ def run_stages(store: Store, collection: Collection, cached: FirstStage, stages:
     for stage in stages:
         run: dict[str, dict[str, float]] = {}
         for qid in _bar(list(texts), progress, stage):
-            hits = _stage_hits(stage, *cached[qid], k, retriever)
+            hits = _stage_hits(stage, cached[qid], k, retriever)
             if stage.endswith(RERANK):
                 hits = reranker.rerank(texts[qid], hits, k)
             run[qid] = doc_ranking(hits)
@@ -166,29 +186,56 @@ def evaluate_stages(collection: Collection, store_path: str | os.PathLike[str],
     config = config if config is not None else HybridConfig()
     with Store(store_path, embedder) as store:
         ingest(store, collection, progress)
-        cached = first_stage(store, collection, max(k, config.candidates), progress)
+        cached = first_stage(store, collection, max(k, config.candidates), config,
+                             _lists_of(stages), progress)
         return run_stages(store, collection, cached, stages, k, config, progress)
+
+
+def _lists_of(stages: Sequence[str]) -> tuple[str, ...]:
+    suffixes = {PRF if PRF in stage else "" for stage in stages}
+    return tuple(side + suffix for suffix in sorted(suffixes) for side in ("bm25", "dense"))
 
 
 # ----------------------------------------------------------------------------- tuning
 
-def _candidate_configs() -> Iterable[HybridConfig]:
+def _fusion_configs(base: HybridConfig) -> Iterable[HybridConfig]:
     for candidates in GRID_CANDIDATES:
         for rrf_k in GRID_RRF_K:
-            yield HybridConfig("rrf", rrf_k=rrf_k, candidates=candidates)
+            yield replace(base, fusion="rrf", rrf_k=rrf_k, candidates=candidates)
         for weights in GRID_WEIGHTS:
-            yield HybridConfig("weighted", weights=weights, candidates=candidates)
+            yield replace(base, fusion="weighted", weights=weights, candidates=candidates)
 
 
-def tune(store: Store, dev: Collection, cached: FirstStage, k: int) -> HybridConfig:
-    """The hybrid settings, then the reranker blend, with the best nDCG@10 on `dev`."""
-    def score(config: HybridConfig, stage: str) -> float:
-        return run_stages(store, dev, cached, [stage], k, config)[stage]["ndcg@10"]
+def _ndcg(store: Store, dev: Collection, cached: Lists, stage: str, k: int,
+          config: HybridConfig) -> float:
+    return run_stages(store, dev, cached, [stage], k, config)[stage]["ndcg@10"]
 
-    best = max(_candidate_configs(), key=lambda c: score(c, "hybrid"))
-    blends = [HybridConfig(best.fusion, best.rrf_k, best.weights, best.candidates, w)
-              for w in GRID_RERANK_WEIGHT]
-    return max(blends, key=lambda c: score(c, "hybrid+rerank"))
+
+def tune_feedback(store: Store, dev: Collection, k: int, progress: bool = False) -> Feedback:
+    """RM3 and Rocchio settings with the best dev nDCG@10 of BM25+prf and dense+prf."""
+    def score(feedback: Feedback, name: str) -> float:
+        config = HybridConfig(feedback=feedback)
+        cached = first_stage(store, dev, k, config, (name,))
+        return _ndcg(store, dev, cached, name, k, config)
+
+    rm3 = [Feedback(docs, terms, weight, 0, 0.0) for docs, terms, weight in GRID_RM3]
+    rocchio = [Feedback(0, 0, 1.0, docs, weight) for docs, weight in GRID_ROCCHIO]
+    best_rm3 = max(_bar(rm3, progress, "tune RM3"), key=lambda f: score(f, "bm25+prf"))
+    best_rocchio = max(_bar(rocchio, progress, "tune Rocchio"),
+                       key=lambda f: score(f, "dense+prf"))
+    return replace(best_rm3, dense_docs=best_rocchio.dense_docs,
+                   dense_weight=best_rocchio.dense_weight)
+
+
+def tune(store: Store, dev: Collection, cached: Lists, k: int, feedback: bool = False,
+         base: HybridConfig | None = None) -> HybridConfig:
+    """The hybrid fusion settings, then the reranker blend, with the best nDCG@10 on `dev`
+    (for the "+prf" stages when `feedback`; `cached` must hold those lists)."""
+    base = base if base is not None else HybridConfig()
+    stage = "hybrid" + (PRF if feedback else "")
+    best = max(_fusion_configs(base), key=lambda c: _ndcg(store, dev, cached, stage, k, c))
+    blends = [replace(best, rerank_weight=w) for w in GRID_RERANK_WEIGHT]
+    return max(blends, key=lambda c: _ndcg(store, dev, cached, stage + RERANK, k, c))
 
 
 # ----------------------------------------------------------------------------- command line
@@ -211,17 +258,28 @@ def _bar(items: Sequence[str] | Sequence[object], enabled: bool, what: str) -> I
     return tqdm(items, desc=what, file=sys.stderr, leave=False)
 
 
-def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m llmsys.rag.evaluate",
-                                     description="Evaluate BM25 / dense / hybrid / rerank.")
-    parser.add_argument("--cranfield", required=True, help="directory with cran.all.1400 ...")
-    parser.add_argument("--dev-fraction", type=float, default=0.5)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `python -m llmsys.rag.evaluate` and `llmsys rag eval`."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--cranfield", help="directory with cran.all.1400, cran.qry, cranqrel")
+    source.add_argument("--dataset", help="a BEIR-format directory (corpus.jsonl, "
+                                          "queries.jsonl, qrels/SPLIT.tsv)")
+    parser.add_argument("--split", default="test", help="the BEIR qrels split")
+    parser.add_argument("--dev-fraction", type=float, default=0.5,
+                        help="share of the queries used for tuning (0 = no tuning)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--workdir", default="build/rag-eval",
                         help="where the store, the embedding cache and the JSON go")
     parser.add_argument("--json", default=None, help="results file (default WORKDIR/...)")
     parser.add_argument("--no-progress", action="store_true")
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m llmsys.rag.evaluate",
+                                     description="Evaluate BM25 / dense / hybrid / feedback / "
+                                                 "rerank stages on an IR collection.")
+    add_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -232,35 +290,81 @@ def _minilm() -> Callable[[Path], Embedder]:
     return lambda path: CachedEmbedder(MiniLMEmbedder(), path)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parse(argv)
-    from llmsys.rag.datasets import load_cranfield
-    workdir = Path(args.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    collection = load_cranfield(args.cranfield)
-    dev, test = collection.split(args.dev_fraction, seed=args.seed)
-    embedder = _minilm()(workdir / "embeddings.db")
-    progress = not args.no_progress
+def load_collection(args: argparse.Namespace) -> Collection:
+    from llmsys.rag.datasets import load_beir, load_cranfield
+    if args.cranfield:
+        return load_cranfield(args.cranfield)
+    return load_beir(args.dataset, split=args.split)
+
+
+def _best_on_dev(store: Store, dev: Collection, cached: Lists, k: int,
+                 choices: Sequence[tuple[str, HybridConfig]]) -> tuple[str, HybridConfig]:
+    return max(choices, key=lambda c: _ndcg(store, dev, cached, c[0], k, c[1]))
+
+
+def evaluate_collection(collection: Collection, workdir: Path, embedder: Embedder,
+                        dev_fraction: float = 0.5, seed: int = 0, k: int = 100,
+                        progress: bool = True) -> dict:
+    """Every stage with default settings on the test queries, and (when `dev_fraction` > 0)
+    feedback, fusion and reranking tuned on the dev queries, then measured on the test
+    queries; the returned dict is what `main` writes as JSON."""
+    if not 0.0 <= dev_fraction < 1.0:
+        raise ValueError(f"dev_fraction must be in [0, 1), got {dev_fraction!r}")
+    dev, test = collection.split(dev_fraction, seed=seed) if dev_fraction else (None, collection)
+    depth = max(k, *GRID_CANDIDATES)
+    default = HybridConfig()
     with Store(workdir / f"{collection.name}.db", embedder) as store:
         ingest(store, collection, progress)
-        depth = max(args.k, *GRID_CANDIDATES)
-        cached = first_stage(store, collection, depth, progress)
-        tuned = tune(store, dev, cached, args.k)
-        results = {
-            "default (test)": run_stages(store, test, cached, DEFAULT_STAGES, args.k,
-                                         HybridConfig(), progress),
-            "tuned on dev (test)": run_stages(store, test, cached, ("hybrid", "hybrid+rerank"),
-                                              args.k, tuned, progress),
-            "tuned (dev)": run_stages(store, dev, cached, ("hybrid", "hybrid+rerank"),
-                                      args.k, tuned, progress),
-        }
-    print(f"{collection.name}: {len(dev.queries)} dev / {len(test.queries)} test queries, "
-          f"k={args.k}; tuned: {asdict(tuned)}")
-    print(markdown_table(results))
-    out = Path(args.json) if args.json else workdir / f"{collection.name}-results.json"
-    out.write_text(json.dumps({"tuned": asdict(tuned), "dev_fraction": args.dev_fraction,
-                               "seed": args.seed, "k": args.k, "results": results}, indent=2))
-    print(f"results written to {out}")
+        cached = first_stage(store, test, depth, default, progress=progress)
+        results = {"default (test)": run_stages(store, test, cached, DEFAULT_STAGES, k,
+                                                default, progress)}
+        out = {"dev_queries": 0, "test_queries": len(test.queries), "k": k, "seed": seed,
+               "dev_fraction": dev_fraction, "results": results}
+        if dev is None:
+            return out
+        feedback = tune_feedback(store, dev, k, progress)
+        tuned_base = HybridConfig(feedback=feedback)
+        cached = first_stage(store, collection, depth, tuned_base, progress=progress)
+        plain = tune(store, dev, cached, k, feedback=False)
+        fed = tune(store, dev, cached, k, feedback=True, base=tuned_base)
+        stages = ("hybrid", "hybrid+rerank", "hybrid+prf", "hybrid+prf+rerank")
+        choices = [(stage, fed if PRF in stage else plain) for stage in stages]
+        best_stage, best = _best_on_dev(store, dev, cached, k, choices)
+        for part, queries in (("test", test), ("dev", dev)):
+            rows = {**run_stages(store, queries, cached, ("bm25+prf", "dense+prf"), k, fed),
+                    **{stage: run_stages(store, queries, cached, [stage], k, config)[stage]
+                       for stage, config in choices}}
+            results[f"tuned on dev ({part})"] = rows
+        out.update(dev_queries=len(dev.queries), tuned_hybrid=asdict(plain),
+                   tuned_feedback=asdict(fed), best={
+                       "stage": best_stage, "settings": asdict(best),
+                       "test": results["tuned on dev (test)"][best_stage]})
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse(argv)
+    return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate the collection named by `args` (see `add_arguments`); print and write JSON."""
+    collection = load_collection(args)
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    embedder = _minilm()(workdir / "embeddings.db")
+    out = evaluate_collection(collection, workdir, embedder, args.dev_fraction, args.seed,
+                              args.k, not args.no_progress)
+    print(f"{collection.name}: {out['dev_queries']} dev / {out['test_queries']} test "
+          f"queries, k={args.k}")
+    print(markdown_table(out["results"]))
+    if "best" in out:
+        best = out["best"]
+        print(f"best on dev: {best['stage']} {best['settings']} -> test nDCG@10 "
+              f"{best['test']['ndcg@10']:.4f}")
+    path = Path(args.json) if args.json else workdir / f"{collection.name}-results.json"
+    path.write_text(json.dumps(out, indent=2))
+    print(f"results written to {path}")
     return 0
 
 
