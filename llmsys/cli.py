@@ -194,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     from llmsys.agent.cli import add_agent_parser
 
     add_agent_parser(sub)
+    from llmsys.rag.cli import add_rag_parser
+
+    add_rag_parser(sub)
     return parser
 
 
