@@ -81,6 +81,9 @@ def add_rag_parser(sub: argparse._SubParsersAction) -> None:
     _add_search_args(a)
     a.add_argument("--min-score", type=float, default=None,
                    help="refuse when no retrieved chunk scores at least this")
+    a.add_argument("--min-similarity", type=float, default=0.3,
+                   help="refuse when no retrieved chunk's embedding has at least this cosine "
+                        "with the question's (0.3 suits MiniLM; a negative value disables)")
     a.add_argument("--max-context-chars", type=int, default=12_000)
     a.add_argument("--json", action="store_true", help="print the Answer as JSON")
     a.set_defaults(func=user_errors(cmd_answer))
@@ -337,7 +340,8 @@ def cmd_answer(args: argparse.Namespace) -> None:
         search = build_search(args, store)
         rag = RAG(_Searcher(search), _chat_model(args, "answer"), k=args.top_k,
                   min_score=args.min_score, max_context_chars=args.max_context_chars,
-                  store=store)
+                  store=store,
+                  min_similarity=args.min_similarity if args.min_similarity >= 0 else None)
         result = rag.answer(args.question, parse_filter(args.filter))
     if args.json:
         print(json.dumps(result.to_dict(), ensure_ascii=False))

@@ -241,6 +241,33 @@ def test_min_score_keeps_only_hits_at_or_above_it(shared: SharedServer, store: S
     assert [s.chunk_id for s in result.sources] == [hits[0].chunk_id]
 
 
+def test_min_similarity_gates_hybrid_hits_by_their_embedding(shared: SharedServer,
+                                                             store: Store) -> None:
+    retriever = Retriever(store, mode="hybrid")
+    hits = retriever.search(QUESTION, 5)
+    query = store.embedder.embed([QUESTION])[0]
+    cosines = store.embedder.embed([h.text for h in hits]) @ query   # unit rows: the reference
+    threshold = float(np.sort(cosines)[-2] + np.sort(cosines)[-1]) / 2  # only the closest
+    with shared.play([{"content": "Pip [1]."}]) as server:
+        result = RAG(retriever, model_for(server), k=5, min_similarity=threshold
+                     ).answer(QUESTION)
+    assert [s.chunk_id for s in result.sources] == [hits[int(np.argmax(cosines))].chunk_id]
+    with shared.play([]) as server:
+        refused = RAG(retriever, model_for(server), k=5, min_similarity=float(cosines.max())
+                      + 0.01).answer(QUESTION)
+    assert server.requests == [] and refused.refused
+    assert f"{float(cosines.max()):.3f}" in refused.refusal_reason
+    with pytest.raises(ValueError, match="min_similarity needs the store"):
+        RAG(SearchOnly(retriever), model_for(server), min_similarity=0.3)
+
+
+class SearchOnly:
+    """A retriever without a `.store`."""
+
+    def __init__(self, retriever: Retriever) -> None:
+        self.search = retriever.search
+
+
 def test_refuses_when_nothing_is_retrieved(shared: SharedServer, tmp_path: Path,
                                            store: Store) -> None:
     with shared.play([]) as server:
