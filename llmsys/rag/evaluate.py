@@ -83,7 +83,7 @@ class HybridConfig:
     rrf_k: int = 60
     weights: tuple[float, float] = (0.5, 0.5)
     candidates: int = 100
-    rerank_weight: float = 0.0
+    rerank_weight: float = 0.5
     feedback: Feedback = Feedback()
 
     def __post_init__(self) -> None:

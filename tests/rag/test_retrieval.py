@@ -186,7 +186,7 @@ def test_evaluate_stages_matches_evaluate_run_by_hand(tmp_path: Path) -> None:
     with Store(tmp_path / "e.db", embedder) as store:
         plain = Retriever(store, "hybrid", candidates=3, rrf_k=10)
         fed = Retriever(store, "hybrid", candidates=3, rrf_k=10, feedback=feedback)
-        rerank = MaxSimReranker(embedder).rerank
+        rerank = MaxSimReranker(embedder, first_stage_weight=0.5).rerank
         searches = {"bm25": lambda q: store.search_bm25(q, 10),
                     "dense": lambda q: store.search_dense(q, 10),
                     "hybrid": lambda q: plain.search(q, 10),
