@@ -446,7 +446,10 @@ class Store:
         return UpsertResult(len(added), len(removed), unchanged=False)
 
     def _begin(self) -> None:
+        """Take the write lock; note whether another connection committed since the index
+        was last in step (then the commit is followed by a rebuild, not a patch)."""
         self._conn.execute("BEGIN IMMEDIATE")
+        self._write_version = self._current_data_version()  # no one else commits until we do
 
     def _commit(self) -> None:
         self._conn.execute("COMMIT")
@@ -456,8 +459,15 @@ class Store:
             self._conn.execute("ROLLBACK")
 
     def _after_commit(self, removed: list[str], added: list[_Planned]) -> None:
-        """Bring the in-memory BM25 index in step with what was just committed."""
+        """Bring the in-memory BM25 index in step with what was just committed: patched,
+        or rebuilt when another connection had committed before our write lock was taken
+        (`_begin` recorded the version then: our own commit does not change it, and a
+        commit by someone else after ours will show at the next `_sync`)."""
+        foreign_write = self._write_version != self._data_version
+        self._data_version = self._write_version
         try:
+            if foreign_write:
+                raise KeyError("another connection wrote")
             for cid in removed:
                 if cid in self._index:
                     self._index.remove(cid)
@@ -465,7 +475,6 @@ class Store:
                 self._index.add(p.chunk_id, list(p.terms))
         except (KeyError, ValueError):  # out of step (e.g. another writer): rebuild
             self._index = self._load_index()
-        self._data_version = self._current_data_version()
         if self.vector_index is not None:  # vector index: apply the same change
             self.vector_index.after_commit(removed, [p.chunk_id for p in added])
 
@@ -613,11 +622,14 @@ class Store:
         return [row[0] for row in rows]
 
     def _hits(self, ranked: list[tuple[str, float]]) -> list[Hit]:
-        hits = []
-        for cid, score in ranked:
-            c = self.get_chunk(cid)
-            hits.append(Hit(cid, c.doc_id, float(score), c.text, c.start, c.end, c.metadata))
-        return hits
+        """Hits for (chunk id, score) pairs, read in one query; a chunk deleted by another
+        connection since it was ranked is left out."""
+        rows = self._conn.execute(
+            'SELECT chunk_id, doc_id, text, start, "end", metadata FROM chunks WHERE chunk_id '
+            "IN (SELECT value FROM json_each(?))", (json.dumps([cid for cid, _ in ranked]),))
+        found = {row[0]: row for row in rows}
+        return [Hit(cid, row[1], float(score), row[2], row[3], row[4], json.loads(row[5]))
+                for cid, score in ranked if (row := found.get(cid)) is not None]
 
     # -- feedback and batch ingestion helpers ---------------------------------------------
 

@@ -285,6 +285,28 @@ def test_other_connection_writes_are_seen(tmp_path: Path, store: Store, corpus: 
     assert store.check().ok
 
 
+def test_a_write_racing_our_sync_is_not_lost(tmp_path: Path, store: Store,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another connection commits after our last sync but before our write lock: our
+    in-memory BM25 index must still end up with both writes (rebuilt, not patched)."""
+    from llmsys.rag.chunking import Chunk
+    text = "zebra crossing near the hypersonic tunnel"
+    with Store(tmp_path / "rag.db", WordsEmbedder()) as other:
+        other.upsert(SourceDocument("theirs", text, None, "t", {}), [Chunk(text, 0, len(text))])
+    monkeypatch.setattr(store, "_sync", lambda: None)     # the race: no sync before BEGIN
+    mine = "zebra herd on the plain"
+    store.upsert(SourceDocument("mine", mine, None, "t", {}), [Chunk(mine, 0, len(mine))])
+    monkeypatch.undo()
+    assert {h.doc_id for h in store.search_bm25("zebra", 10)} == {"theirs", "mine"}
+    assert store.check().ok
+
+
+def test_hits_skip_chunks_deleted_after_ranking(store: Store) -> None:
+    ranked = [(h.chunk_id, h.score) for h in store.search_bm25("heat transfer", 3)]
+    hits = store._hits([("deleted-by-someone", 9.0), *ranked])
+    assert [(h.chunk_id, h.score) for h in hits] == ranked
+
+
 def test_wrong_embedder_or_analyzer_on_reopen(tmp_path: Path, store: Store) -> None:
     store.close()
     db = tmp_path / "rag.db"
