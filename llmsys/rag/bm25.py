@@ -297,6 +297,22 @@ class BM25Index:
             index._insert(doc_id, length, counts)
         return index
 
+    @classmethod
+    def from_counts(cls, doc_counts: Iterable[tuple[str, dict[str, int]]],
+                    params: BM25Params | None = None) -> BM25Index:
+        """Build an index from (doc id, term -> tf) pairs, e.g. `term_counts` of each
+        document read back from a store (the length of a document is the sum of its tfs)."""
+        index = cls(params)
+        for doc_id, counts in doc_counts:
+            if doc_id in index._slot:
+                raise ValueError(f"document {doc_id!r} is given twice")
+            for term, tf in counts.items():
+                if not isinstance(tf, int) or isinstance(tf, bool) or tf < 1:
+                    raise ValueError(f"tf of {term!r} in {doc_id!r} must be an int >= 1, "
+                                     f"got {tf!r}")
+            index._insert(doc_id, sum(counts.values()), counts)
+        return index
+
     def doc_lengths(self) -> dict[str, int]:
         """doc id -> length in tokens (a copy)."""
         return {doc_id: int(self._lengths[slot]) for doc_id, slot in self._slot.items()}

@@ -10,17 +10,18 @@
         store.check().ok                                      # both indexes agree
 
 Tables: `documents` (one row per ingested document, with its content hash), `chunks` (the
-chunk text, offsets and metadata; `vec_rowid` is the integer key of its vector), `postings`
-(term, chunk_id, tf) and `chunk_lengths` (chunk_id, length in analysed tokens) -- the
-statistics `BM25Index.from_postings` rebuilds the lexical index from when the store is opened
---, `vec_chunks` (a sqlite-vec `vec0` table of float32[dim] embeddings, cosine distance) and
-`meta` (schema version, embedder name and dim, analyzer settings). Opening a file made with
-another embedder or analyzer raises `StoreError`.
+chunk text, offsets and metadata; `vec_rowid` is the integer key of its vector),
+`chunk_terms` (chunk_id, the JSON term -> count of its analysed text: the statistics
+`BM25Index.from_counts` rebuilds the lexical index from when the store is opened; one row
+per chunk keeps the file small and the open fast), `vec_chunks` (a sqlite-vec `vec0`
+table of float32[dim] embeddings, cosine distance) and `meta` (schema version, embedder name
+and dim, analyzer settings). Opening a file made with another schema version, embedder or
+analyzer raises `StoreError`.
 
 Writes are atomic. `upsert(document, chunks)` does nothing when the stored document has the
 same content hash (so re-ingesting a corpus skips what is already there and a killed ingestion
 simply resumes). Otherwise the embeddings of the chunks that are new are computed first, and
-then one `BEGIN IMMEDIATE` transaction replaces the document's chunks, postings, lengths and
+then one `BEGIN IMMEDIATE` transaction replaces the document's chunks, term counts and
 vectors together, so the lexical and vector indexes never disagree, even after a crash (WAL
 journaling). The in-memory BM25 index is updated after each commit, and rebuilt from the
 tables when another connection has written to the file (`PRAGMA data_version`).
@@ -74,7 +75,7 @@ if TYPE_CHECKING:
 __all__ = ["CheckReport", "Hit", "Store", "StoreError", "StoredChunk", "StoredDocument",
            "UpsertResult", "chunk_id"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DOCUMENT_COLUMNS = ("doc_id", "source", "title")
 _SCALARS = (str, int, float, bool, type(None))
 _KEY_RE = re.compile(r"^[A-Za-z0-9_\-.]+$")
@@ -91,11 +92,7 @@ CREATE TABLE IF NOT EXISTS chunks (
     ord INTEGER NOT NULL, text TEXT NOT NULL, start INTEGER NOT NULL, "end" INTEGER NOT NULL,
     metadata TEXT NOT NULL, vec_rowid INTEGER NOT NULL UNIQUE);
 CREATE INDEX IF NOT EXISTS chunks_doc ON chunks(doc_id, ord);
-CREATE TABLE IF NOT EXISTS postings (
-    term TEXT NOT NULL, chunk_id TEXT NOT NULL, tf INTEGER NOT NULL,
-    PRIMARY KEY (term, chunk_id)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS postings_chunk ON postings(chunk_id);
-CREATE TABLE IF NOT EXISTS chunk_lengths (chunk_id TEXT PRIMARY KEY, length INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS chunk_terms (chunk_id TEXT PRIMARY KEY, counts TEXT NOT NULL);
 """
 
 
@@ -182,6 +179,10 @@ class _Planned:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+def _counts_json(terms: Sequence[str]) -> str:
+    return json.dumps(Counter(terms), ensure_ascii=False, separators=(",", ":"))
+
 
 def chunk_id(doc_id: str, text: str, start: int, end: int) -> str:
     """The content id of a chunk: sha256 (hex) over doc id, text and offsets."""
@@ -320,6 +321,10 @@ class Store:
         except BaseException:
             self._conn.execute("ROLLBACK")
             raise
+        if stored and stored.get("schema_version") != wanted["schema_version"]:
+            raise StoreError(f"{self.path} has store schema version "
+                             f"{stored.get('schema_version')}; this llmsys reads version "
+                             f"{SCHEMA_VERSION}: ingest the documents again into a new file")
         for key, value in stored.items():
             if key in wanted and wanted[key] != value:
                 raise StoreError(f"{self.path} was made with {key} = {value}, but this store "
@@ -335,11 +340,9 @@ class Store:
         return None if row is None else row[0]
 
     def _load_index(self) -> BM25Index:
-        lengths = dict(self._conn.execute("SELECT chunk_id, length FROM chunk_lengths"))
-        postings: dict[str, dict[str, int]] = {}
-        for term, cid, tf in self._conn.execute("SELECT term, chunk_id, tf FROM postings"):
-            postings.setdefault(term, {})[cid] = tf
-        return BM25Index.from_postings(lengths, postings, self.params)
+        rows = self._conn.execute("SELECT chunk_id, counts FROM chunk_terms")
+        return BM25Index.from_counts(((cid, json.loads(counts)) for cid, counts in rows),
+                                     self.params)
 
     def _sync(self) -> None:
         """Rebuild the in-memory index if another connection has committed since."""
@@ -490,8 +493,7 @@ class Store:
         for cid in chunk_ids:
             rowid = self._scalar("SELECT vec_rowid FROM chunks WHERE chunk_id = ?", (cid,))
             self._conn.execute("DELETE FROM vec_chunks WHERE rowid = ?", (rowid,))
-            self._conn.execute("DELETE FROM postings WHERE chunk_id = ?", (cid,))
-            self._conn.execute("DELETE FROM chunk_lengths WHERE chunk_id = ?", (cid,))
+            self._conn.execute("DELETE FROM chunk_terms WHERE chunk_id = ?", (cid,))
             self._conn.execute("DELETE FROM chunks WHERE chunk_id = ?", (cid,))
 
     def _put_document(self, document: SourceDocument) -> None:
@@ -515,10 +517,8 @@ class Store:
                  _to_json(c.metadata, "chunk metadata"), next_rowid))
             self._conn.execute("INSERT INTO vec_chunks(rowid, embedding) VALUES (?, ?)",
                                (next_rowid, vectors[p.chunk_id].tobytes()))
-            self._conn.execute("INSERT INTO chunk_lengths VALUES (?, ?)",
-                               (p.chunk_id, len(p.terms)))
-            self._conn.executemany("INSERT INTO postings VALUES (?, ?, ?)",
-                                   [(t, p.chunk_id, tf) for t, tf in Counter(p.terms).items()])
+            self._conn.execute("INSERT INTO chunk_terms VALUES (?, ?)",
+                               (p.chunk_id, _counts_json(p.terms)))
             next_rowid += 1
 
     def _update_kept(self, kept: Any) -> None:
@@ -675,18 +675,17 @@ class Store:
     # -- checking -------------------------------------------------------------------------
 
     def check(self) -> CheckReport:
-        """Verify the invariants: every chunk has exactly one vector, its length and its
-        postings, equal to what the analyzer makes of its text; no orphans anywhere; chunk
-        ids match their content; the in-memory index equals the tables."""
+        """Verify the invariants: every chunk has exactly one vector and one row of term
+        counts, equal to what the analyzer makes of its text; no orphans anywhere; chunk ids
+        match their content; the in-memory index equals the table."""
         self._sync()
         problems: list[str] = []
         problems += self._orphans()
         problems += self._chunk_problems()
-        if self._index.doc_lengths() != dict(self._conn.execute(
-                "SELECT chunk_id, length FROM chunk_lengths")):
-            problems.append("in-memory BM25 lengths differ from the chunk_lengths table")
-        elif self._index.postings() != self._load_index().postings():
-            problems.append("in-memory BM25 postings differ from the postings table")
+        stored = self._load_index()
+        if self._index.doc_lengths() != stored.doc_lengths() \
+                or self._index.postings() != stored.postings():
+            problems.append("the in-memory BM25 index differs from the chunk_terms table")
         return CheckReport(int(self._scalar("SELECT count(*) FROM documents")), self.count(),
                            int(self._scalar("SELECT count(*) FROM vec_chunks")), tuple(problems))
 
@@ -698,12 +697,10 @@ class Store:
             "(SELECT 1 FROM vec_chunks v WHERE v.rowid = c.vec_rowid)",
             "vectors without a chunk": "SELECT count(*) FROM vec_chunks v WHERE NOT EXISTS "
             "(SELECT 1 FROM chunks c WHERE c.vec_rowid = v.rowid)",
-            "chunks without a length": "SELECT count(*) FROM chunks c WHERE NOT EXISTS "
-            "(SELECT 1 FROM chunk_lengths l WHERE l.chunk_id = c.chunk_id)",
-            "lengths without a chunk": "SELECT count(*) FROM chunk_lengths l WHERE NOT EXISTS "
-            "(SELECT 1 FROM chunks c WHERE c.chunk_id = l.chunk_id)",
-            "postings without a chunk": "SELECT count(*) FROM postings p WHERE NOT EXISTS "
-            "(SELECT 1 FROM chunks c WHERE c.chunk_id = p.chunk_id)",
+            "chunks without term counts": "SELECT count(*) FROM chunks c WHERE NOT EXISTS "
+            "(SELECT 1 FROM chunk_terms t WHERE t.chunk_id = c.chunk_id)",
+            "term counts without a chunk": "SELECT count(*) FROM chunk_terms t WHERE NOT EXISTS "
+            "(SELECT 1 FROM chunks c WHERE c.chunk_id = t.chunk_id)",
         }
         problems = []
         for what, sql in checks.items():
@@ -713,21 +710,17 @@ class Store:
         return problems
 
     def _chunk_problems(self) -> list[str]:
-        postings: dict[str, Counter[str]] = {}
-        for term, cid, tf in self._conn.execute("SELECT term, chunk_id, tf FROM postings"):
-            postings.setdefault(cid, Counter())[term] = tf
-        lengths = dict(self._conn.execute("SELECT chunk_id, length FROM chunk_lengths"))
+        counts = {cid: json.loads(c) for cid, c in
+                  self._conn.execute("SELECT chunk_id, counts FROM chunk_terms")}
         problems = []
         rows = self._conn.execute('SELECT chunk_id, doc_id, text, start, "end" FROM chunks')
         for cid, doc_id, text, start, end in rows:
             terms = Counter(self.analyzer.analyze(text))
             if cid != chunk_id(doc_id, text, start, end):
                 problems.append(f"chunk {cid} has an id that does not match its content")
-            if lengths.get(cid, terms.total()) != terms.total():
-                problems.append(f"chunk {cid} has length {lengths[cid]}, its text "
-                                f"analyses to {terms.total()} terms")
-            if postings.get(cid, Counter()) != terms:
-                problems.append(f"chunk {cid} has postings that differ from its analysed text")
+            if cid in counts and counts[cid] != terms:
+                problems.append(f"chunk {cid} has term counts that differ from its analysed "
+                                "text")
         return problems
 
 

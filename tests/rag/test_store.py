@@ -318,6 +318,12 @@ def test_wrong_embedder_or_analyzer_on_reopen(tmp_path: Path, store: Store) -> N
         Store(db, renamed)
     with pytest.raises(StoreError, match="analyzer"):
         Store(db, WordsEmbedder(), analyzer=Analyzer(stemmer=None))
+    import apsw
+    conn = apsw.Connection(str(db))
+    conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    conn.close()
+    with pytest.raises(StoreError, match="schema version 1; this llmsys reads version 2"):
+        Store(db, WordsEmbedder())
 
 
 def test_check_reports_broken_invariants(tmp_path: Path, store: Store) -> None:
@@ -325,10 +331,11 @@ def test_check_reports_broken_invariants(tmp_path: Path, store: Store) -> None:
     assert report.ok and report.chunks == report.vectors == store.count()
     assert report.documents == 12
     store._conn.execute("DELETE FROM vec_chunks WHERE rowid = 1")
-    store._conn.execute("UPDATE chunk_lengths SET length = length + 1 WHERE rowid = 2")
+    store._conn.execute("""UPDATE chunk_terms SET counts = '{"zzz": 1}' WHERE rowid = 2""")
     problems = store.check().problems
     assert "1 chunks without a vector" in problems
-    assert any("has length" in p for p in problems)
+    assert any("term counts that differ" in p for p in problems)
+    assert "the in-memory BM25 index differs from the chunk_terms table" in problems
 
 
 CRASH_SCRIPT = """
