@@ -50,6 +50,7 @@ the number of documents. The index is not thread-safe; callers serialise access.
 
 from __future__ import annotations
 
+import gc
 import math
 import re
 import threading
@@ -215,7 +216,10 @@ class BM25Index:
         self._free_slots: list[int] = []
         self._lengths = np.zeros(0, dtype=np.float64)
         self._total_length = 0
-        self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # term -> (slots, tfs)
+        # term -> (slots, tfc - absent share): each posting's share of the score per unit of
+        # idf, cached until a document with the term changes or avgdl does
+        self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._arrays_avgdl = 0.0
 
     # -- building -------------------------------------------------------------------------
 
@@ -249,9 +253,15 @@ class BM25Index:
         slot = self._take_slot(doc_id)
         self._lengths[slot] = length
         self._total_length += length
+        postings, arrays = self._postings, self._arrays
         for term, tf in counts.items():
-            self._postings.setdefault(term, {})[doc_id] = tf
-            self._arrays.pop(term, None)
+            posting = postings.get(term)
+            if posting is None:
+                postings[term] = {doc_id: tf}
+            else:
+                posting[doc_id] = tf
+                if arrays:
+                    arrays.pop(term, None)  # cached arrays of the term are stale now
         self._doc_terms[doc_id] = tuple(counts)
 
     def _take_slot(self, doc_id: str) -> int:
@@ -303,14 +313,22 @@ class BM25Index:
         """Build an index from (doc id, term -> tf) pairs, e.g. `term_counts` of each
         document read back from a store (the length of a document is the sum of its tfs)."""
         index = cls(params)
-        for doc_id, counts in doc_counts:
-            if doc_id in index._slot:
-                raise ValueError(f"document {doc_id!r} is given twice")
-            for term, tf in counts.items():
-                if not isinstance(tf, int) or isinstance(tf, bool) or tf < 1:
-                    raise ValueError(f"tf of {term!r} in {doc_id!r} must be an int >= 1, "
-                                     f"got {tf!r}")
-            index._insert(doc_id, sum(counts.values()), counts)
+        frozen = gc.isenabled()
+        gc.disable()  # millions of small dicts: collecting them mid-build only costs time
+        try:
+            for doc_id, counts in doc_counts:
+                if doc_id in index._slot:
+                    raise ValueError(f"document {doc_id!r} is given twice")
+                tfs = counts.values()
+                if tfs and (not set(map(type, tfs)) <= {int} or min(tfs) < 1):
+                    bad = next(t for t, tf in counts.items()
+                               if type(tf) is not int or tf < 1)
+                    raise ValueError(f"tf of {bad!r} in {doc_id!r} must be an int >= 1, "
+                                     f"got {counts[bad]!r}")
+                index._insert(doc_id, sum(tfs), counts)
+        finally:
+            if frozen:
+                gc.enable()
         return index
 
     def doc_lengths(self) -> dict[str, int]:
@@ -411,30 +429,32 @@ class BM25Index:
         df = np.array([len(self._postings[t]) for t in terms], dtype=np.float64)
         return terms, weights, self.params.idf(df, len(self._slot))
 
-    def _term_arrays(self, term: str) -> tuple[np.ndarray, np.ndarray]:
-        """(slots, tfs) of a term's posting, cached until a document with it changes."""
+    def _term_arrays(self, term: str, avgdl: float) -> tuple[np.ndarray, np.ndarray]:
+        """(slots, impacts) of a term's posting: impact = tfc(tf, dl, avgdl) minus the
+        share every document gets, so a query only sums cached numbers (scores are linear
+        in idf and the query weights)."""
+        if avgdl != self._arrays_avgdl:
+            self._arrays.clear()
+            self._arrays_avgdl = avgdl
         arrays = self._arrays.get(term)
         if arrays is None:
             posting = self._postings[term]
             slots = np.fromiter((self._slot[d] for d in posting), np.int64, len(posting))
             tfs = np.fromiter(posting.values(), np.float64, len(posting))
-            arrays = self._arrays[term] = (slots, tfs)
+            impacts = self.params.tfc(tfs, self._lengths[slots], avgdl)
+            impacts -= self.params.absent_term_share
+            arrays = self._arrays[term] = (slots, impacts)
         return arrays
 
     def _score_candidates(
         self, terms: list[str], weights: np.ndarray, idf: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """Slots of the documents containing any of `terms` and their full scores."""
-        arrays = [self._term_arrays(t) for t in terms]
-        slots = np.concatenate([a[0] for a in arrays])
-        tfs = np.concatenate([a[1] for a in arrays])
-        per_term = np.repeat(weights * idf, [len(a[0]) for a in arrays])
         avgdl = self.stats().avgdl
-        contrib = per_term * self.params.tfc(tfs, self._lengths[slots], avgdl)
-        absent = self.params.absent_term_share  # every document's share, added once below
-        if absent:
-            contrib -= per_term * absent
-        baseline = float(np.sum(weights * idf)) * absent
+        arrays = [self._term_arrays(t, avgdl) for t in terms]
+        slots = np.concatenate([a[0] for a in arrays])
+        contrib = np.concatenate([w * a[1] for w, a in zip(weights * idf, arrays, strict=True)])
+        baseline = float(np.sum(weights * idf)) * self.params.absent_term_share
         return _sum_by_slot(slots, contrib, len(self._slot_ids), baseline)
 
     def _top_k(self, slots: np.ndarray, scores: np.ndarray, k: int) -> list[tuple[str, float]]:
