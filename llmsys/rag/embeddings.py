@@ -184,7 +184,8 @@ def _check_texts(texts: Sequence[str]) -> list[str]:
     return texts
 
 
-def _embedder_name(embedder: object) -> str:
+def embedder_name(embedder: object) -> str:
+    """What an embedder is called in caches and stores: its `name`, else its class name."""
     return str(getattr(embedder, "name", type(embedder).__qualname__))
 
 
@@ -403,7 +404,7 @@ class CachedEmbedder:
             raise ValueError(f"CachedEmbedder needs a file path (the cache outlives the "
                              f"process), got {str(path)!r}")
         self.embedder = embedder
-        self.name = _embedder_name(embedder)
+        self.name = embedder_name(embedder)
         self.path = Path(path)
         self._lock = threading.Lock()
         self._hits = 0
@@ -529,12 +530,12 @@ def embed_in_batches(embedder: Embedder, texts: Sequence[str], batch_size: int =
     texts = _check_texts(texts)
     started = time.perf_counter()
     parts = []
-    with _progress_bar(len(texts), progress, _embedder_name(embedder)) as bar:
+    with _progress_bar(len(texts), progress, embedder_name(embedder)) as bar:
         for start in range(0, len(texts), batch_size):
             batch = texts[start:start + batch_size]
             vectors = np.asarray(embedder.embed(batch), dtype=np.float32)
             if vectors.ndim != 2 or len(vectors) != len(batch):
-                raise EmbeddingError(f"{_embedder_name(embedder)} returned an array of shape "
+                raise EmbeddingError(f"{embedder_name(embedder)} returned an array of shape "
                                      f"{vectors.shape} for {len(batch)} texts")
             parts.append(vectors)
             bar.update(len(batch))
@@ -543,7 +544,7 @@ def embed_in_batches(embedder: Embedder, texts: Sequence[str], batch_size: int =
         return EmbeddingRun(np.zeros((0, int(embedder.dim)), dtype=np.float32), seconds)
     run = EmbeddingRun(np.concatenate(parts), seconds)
     logger.info("embedded %d texts with %s in %.2f s (%.1f texts/s)", len(texts),
-                _embedder_name(embedder), seconds, run.texts_per_second)
+                embedder_name(embedder), seconds, run.texts_per_second)
     return run
 
 

@@ -71,7 +71,6 @@ import uuid
 import warnings
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -80,15 +79,18 @@ import numpy as np
 
 from llmsys.rag.bm25 import Analyzer, BM25Params
 from llmsys.rag.chunking import Chunk
+from llmsys.rag.embeddings import embedder_name
 from llmsys.rag.readers import SourceDocument
 from llmsys.rag.store import (
     DOCUMENT_COLUMNS,
     Hit,
+    PlannedChunk,
     StoredChunk,
     StoredDocument,
     StoreError,
     UpsertResult,
-    chunk_id,
+    embed_checked,
+    plan_chunks,
 )
 
 if TYPE_CHECKING:
@@ -233,16 +235,6 @@ def qdrant_filter(filter: dict[str, Any] | None) -> tuple[Any, bool]:
 
 # ----------------------------------------------------------------------------- plumbing
 
-@dataclass(frozen=True)
-class _Planned:
-    """A chunk ready to write: its id, position and analysed terms."""
-
-    chunk_id: str
-    ord: int
-    chunk: Chunk
-    terms: tuple[str, ...]
-
-
 def _open_client(client_or_location: Any) -> tuple[QdrantClient, bool]:
     """(client, whether this store owns it and closes it)."""
     try:
@@ -264,10 +256,6 @@ def _open_client(client_or_location: Any) -> tuple[QdrantClient, bool]:
         raise ValueError(f"{location!r} must be a folder (existing, or to be created inside "
                          "an existing one) for Qdrant's local mode")
     return QdrantClient(path=location), True
-
-
-def _embedder_name(embedder: object) -> str:
-    return str(getattr(embedder, "name", type(embedder).__qualname__))
 
 
 def _analyzer_settings(analyzer: Analyzer) -> dict[str, Any]:
@@ -327,7 +315,7 @@ class QdrantStore:
         self.close()
 
     def _settings(self, dim: int) -> dict[str, Any]:
-        return {"schema_version": SCHEMA_VERSION, "embedder_name": _embedder_name(self.embedder),
+        return {"schema_version": SCHEMA_VERSION, "embedder_name": embedder_name(self.embedder),
                 "embedder_dim": dim, "analyzer": _analyzer_settings(self.analyzer),
                 "k1": float(self.params.k1), "b": float(self.params.b)}
 
@@ -385,12 +373,12 @@ class QdrantStore:
             raise TypeError(f"document must be a SourceDocument, got {type(document).__name__}")
         if self._stored_hash(document.doc_id) == document.content_hash:
             return UpsertResult(0, 0, unchanged=True)
-        planned = self._plan(document, chunks)
+        planned = plan_chunks(document, chunks, self.analyzer)
         old = set(self._chunk_ids_of(document.doc_id))
         added = [p for p in planned if p.chunk_id not in old]
         kept = [p for p in planned if p.chunk_id in old]
         removed = sorted(old - {p.chunk_id for p in planned})
-        vectors = self._embed([p.chunk.text for p in added])
+        vectors = embed_checked(self.embedder, [p.chunk.text for p in added])
         avgdl = self._avgdl_for(planned)
         self._add_chunks(document, added, vectors, avgdl)
         self._refresh_kept(document, kept)
@@ -430,38 +418,7 @@ class QdrantStore:
             self.client.update_vectors(self.collection, batch, wait=True)
         return float(avgdl)
 
-    def _plan(self, document: SourceDocument, chunks: list[Chunk]) -> list[_Planned]:
-        if not isinstance(chunks, list | tuple):
-            raise TypeError(f"chunks must be a list of Chunk, got {type(chunks).__name__}")
-        planned: list[_Planned] = []
-        for ord_, chunk in enumerate(chunks):
-            if not isinstance(chunk, Chunk):
-                raise TypeError(f"chunks must be Chunk objects, got {type(chunk).__name__}")
-            if document.text[chunk.start:chunk.end] != chunk.text:
-                raise StoreError(f"chunk {ord_} of {document.doc_id!r} ({chunk.start}:"
-                                 f"{chunk.end}) does not match the document text there")
-            _jsonable(chunk.metadata, f"metadata of chunk {ord_} of {document.doc_id!r}")
-            cid = chunk_id(document.doc_id, chunk.text, chunk.start, chunk.end)
-            planned.append(_Planned(cid, ord_, chunk, tuple(self.analyzer.analyze(chunk.text))))
-        ids = [p.chunk_id for p in planned]
-        if len(set(ids)) != len(ids):
-            raise StoreError(f"document {document.doc_id!r} has duplicate chunks (same text and "
-                             "offsets)")
-        _jsonable(document.metadata, f"metadata of {document.doc_id!r}")
-        return planned
-
-    def _embed(self, texts: list[str]) -> np.ndarray:
-        dim = self.embedder.dim
-        if not texts:
-            return np.zeros((0, dim), dtype=np.float32)
-        vectors = np.asarray(self.embedder.embed(texts), dtype=np.float32)
-        if vectors.shape != (len(texts), dim) or not np.isfinite(vectors).all():
-            raise StoreError(f"{_embedder_name(self.embedder)} returned an array of shape "
-                             f"{vectors.shape} (or non-finite values) for {len(texts)} texts; "
-                             f"expected ({len(texts)}, {dim}) finite float32")
-        return vectors
-
-    def _avgdl_for(self, planned: list[_Planned]) -> float:
+    def _avgdl_for(self, planned: list[PlannedChunk]) -> float:
         """The collection's avgdl; the first document with terms sets it when unset."""
         meta = self._meta() or {}
         if meta.get("avgdl") is not None:
@@ -477,7 +434,7 @@ class QdrantStore:
         indices, values = sparse_terms(list(terms), self.params, avgdl)
         return _models().SparseVector(indices=indices, values=values)
 
-    def _chunk_payload(self, document: SourceDocument, p: _Planned) -> dict[str, Any]:
+    def _chunk_payload(self, document: SourceDocument, p: PlannedChunk) -> dict[str, Any]:
         c = p.chunk
         chunk_meta = _jsonable(c.metadata, "chunk metadata")
         doc_meta = _jsonable(document.metadata, "document metadata")
@@ -486,7 +443,7 @@ class QdrantStore:
                 "text": c.text, "start": c.start, "end": c.end, "metadata": chunk_meta,
                 "length": len(p.terms), "fields": _filter_fields(doc_meta, chunk_meta)}
 
-    def _add_chunks(self, document: SourceDocument, added: list[_Planned],
+    def _add_chunks(self, document: SourceDocument, added: list[PlannedChunk],
                     vectors: np.ndarray, avgdl: float) -> None:
         models = _models()
         points = [models.PointStruct(
@@ -496,7 +453,7 @@ class QdrantStore:
         for start in range(0, len(points), BATCH):
             self.client.upsert(self.collection, points[start:start + BATCH], wait=True)
 
-    def _refresh_kept(self, document: SourceDocument, kept: list[_Planned]) -> None:
+    def _refresh_kept(self, document: SourceDocument, kept: list[PlannedChunk]) -> None:
         """New position, metadata and document fields for chunks that survive an edit."""
         models = _models()
         ops = [models.OverwritePayloadOperation(overwrite_payload=models.SetPayload(
@@ -604,7 +561,7 @@ class QdrantStore:
         qfilter, possible = qdrant_filter(filter)
         if not possible:
             return []
-        vector = self._embed([query])[0].tolist()
+        vector = embed_checked(self.embedder, [query])[0].tolist()
         return self._query(vector, DENSE, k, qfilter)
 
     def _query(self, vector: Any, using: str, k: int, qfilter: Any) -> list[Hit]:

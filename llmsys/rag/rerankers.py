@@ -51,9 +51,9 @@ directory is checked when the reranker is made (config.json, weights and tokeniz
 must be there); a model with more than one output, or a tokenizer without a vocabulary, is
 refused when loaded. Pairs (query, passage) are tokenized together, truncated to
 `max_length` tokens (or the tokenizer's own limit if smaller; the passage is cut first) and
-scored in padded batches of `batch_size`. Ties keep the first-stage order; with w > 0 the
-result is the weighted fusion of the logit ranking (weight 1 - w) and the first-stage one
-(weight w), as for `MaxSimReranker`.
+scored in padded batches of `batch_size`. The order is `retrieval.rescored`'s, as for
+`MaxSimReranker`: by logit (ties by chunk id), or with w > 0 the weighted fusion of the logit
+ranking (weight 1 - w) and the first-stage one (weight w).
 
 Limits: the judge sends its requests one after the other and is not thread-safe (its
 counters); passage text goes into the prompt as is, so a passage can try to steer the judge
@@ -72,7 +72,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from llmsys.agent.chat_model import ModelError, Usage
-from llmsys.rag.retrieval import weighted_fusion
+from llmsys.rag.retrieval import rescored
 from llmsys.rag.store import Hit
 
 if TYPE_CHECKING:
@@ -365,10 +365,4 @@ class CrossEncoderReranker:
     def rerank(self, query: str, hits: Sequence[Hit], k: int) -> list[Hit]:
         """The top k of `hits` reordered by logit (blended with the first-stage ranking)."""
         _check_int("k", k, 1)
-        scored = [replace(hit, score=s) for hit, s in zip(hits, self.scores(query, hits),
-                                                          strict=True)]
-        if self.first_stage_weight == 0.0:
-            order = sorted(range(len(scored)), key=lambda i: (-scored[i].score, i))
-            return [scored[i] for i in order[:k]]
-        w = float(self.first_stage_weight)
-        return weighted_fusion([scored, list(hits)], (1.0 - w, w))[:k]
+        return rescored(hits, self.scores(query, hits), k, self.first_stage_weight)

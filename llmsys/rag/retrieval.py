@@ -23,13 +23,16 @@ Functions (every ranking is a list of `Hit`s, best first):
 
 Fused hits keep the chunk fields of the hit seen first and carry the fused score.
 
-`Retriever(store, mode, fusion, candidates, rrf_k, weights, feedback)`: "bm25" and "dense"
-are the store's searches; "hybrid" takes the top `candidates` of both and fuses them (RRF or
-weighted fusion with `weights` = (bm25, dense)), then cuts to k. With `feedback=Feedback()`
-each side first runs a short search and searches again with the query expanded from its
-results (RM3 for BM25, Rocchio for dense; `llmsys.rag.feedback`): three more store queries,
-the largest gain measured on Cranfield (docs/benchmarks.md). `fuse(bm25_hits, dense_hits, k)` is
-the fusion step alone, for evaluating many settings on cached first-stage results.
+`Retriever(store, mode, fusion, candidates, rrf_k, weights, feedback, mmr_lambda)`: "bm25"
+and "dense" are the store's searches; "hybrid" takes the top `candidates` of both and fuses
+them (RRF or weighted fusion with `weights` = (bm25, dense)), then cuts to k. With
+`feedback=Feedback()` each side first runs a short search and searches again with the query
+expanded from its results (RM3 for BM25, Rocchio for dense; `llmsys.rag.feedback`): three
+more store queries, the largest gain measured on Cranfield (docs/benchmarks.md). With
+`mmr_lambda` the k results are picked from the top `candidates` by `mmr` (stored chunk
+vectors, query embedding), for diverse context rather than k near-duplicates.
+`fuse(bm25_hits, dense_hits, k)` is the fusion step alone, for evaluating many settings on
+cached first-stage results.
 
 `MaxSimReranker(embedder, first_stage_weight=0.0)`: scores each hit by the highest cosine
 between the query embedding and the embeddings of the hit's sentences (split at ., ! or ?
@@ -54,7 +57,7 @@ if TYPE_CHECKING:
     from llmsys.agent.memory import Embedder
 
 __all__ = ["MaxSimReranker", "Retriever", "doc_ranking", "mmr", "reciprocal_rank_fusion",
-           "split_sentences", "weighted_fusion"]
+           "rescored", "split_sentences", "weighted_fusion"]
 
 Mode = Literal["bm25", "dense", "hybrid"]
 Fusion = Literal["rrf", "weighted"]
@@ -185,6 +188,7 @@ class Retriever:
     rrf_k: int = 60
     weights: tuple[float, float] = (0.5, 0.5)
     feedback: Feedback | None = None
+    mmr_lambda: float | None = None
 
     def __post_init__(self) -> None:
         _check_choice("mode", self.mode, MODES)
@@ -195,10 +199,24 @@ class Retriever:
         if self.feedback is not None and not isinstance(self.feedback, Feedback):
             raise TypeError(f"feedback must be a Feedback or None, got "
                             f"{type(self.feedback).__name__}")
+        m = self.mmr_lambda
+        if m is not None and (isinstance(m, bool) or not isinstance(m, int | float)
+                              or not 0.0 <= m <= 1.0):
+            raise ValueError(f"mmr_lambda must be a number in [0, 1] or None, got {m!r}")
 
     def search(self, query: str, k: int, filter: dict[str, Any] | None = None) -> list[Hit]:
-        """The top k chunks for `query` (restricted by `filter`, as in `Store`)."""
+        """The top k chunks for `query` (restricted by `filter`, as in `Store`); with
+        `mmr_lambda`, k picked by MMR from the top `candidates` of the ranking."""
         _check_int("k", k, 1)
+        if self.mmr_lambda is None:
+            return self._ranked(query, k, filter)
+        hits = self._ranked(query, max(k, self.candidates), filter)
+        if not hits:
+            return hits
+        vectors = self.store.vectors([h.chunk_id for h in hits])
+        return mmr(self.store.embed([query])[0], hits, vectors, float(self.mmr_lambda), k)
+
+    def _ranked(self, query: str, k: int, filter: dict[str, Any] | None) -> list[Hit]:
         if self.mode == "bm25":
             return self.search_bm25(query, k, filter)
         if self.mode == "dense":
@@ -279,11 +297,17 @@ class MaxSimReranker:
 
     def rerank(self, query: str, hits: Sequence[Hit], k: int) -> list[Hit]:
         """The top k of `hits` reordered by max-sim (blended with the first-stage ranking)."""
-        _check_int("k", k, 1)
-        scored = [replace(hit, score=s) for hit, s in zip(hits, self.scores(query, hits),
-                                                          strict=True)]
-        if self.first_stage_weight == 0.0:
-            return sorted(scored, key=lambda h: (-h.score, h.chunk_id))[:k]
-        w = float(self.first_stage_weight)
-        fused = weighted_fusion([scored, list(hits)], (1.0 - w, w))
-        return fused[:k]
+        return rescored(hits, self.scores(query, hits), k, self.first_stage_weight)
+
+
+def rescored(hits: Sequence[Hit], scores: Sequence[float], k: int,
+             first_stage_weight: float = 0.0) -> list[Hit]:
+    """The top k of `hits` by new `scores` (ties by chunk id), or, with a first-stage weight
+    w > 0, by the weighted fusion of the new ranking (1 - w) and the given one (w): what
+    every reranker returns."""
+    _check_int("k", k, 1)
+    scored = [replace(hit, score=float(s)) for hit, s in zip(hits, scores, strict=True)]
+    if first_stage_weight == 0.0:
+        return sorted(scored, key=lambda h: (-h.score, h.chunk_id))[:k]
+    w = float(first_stage_weight)
+    return weighted_fusion([scored, list(hits)], (1.0 - w, w))[:k]

@@ -64,6 +64,7 @@ import numpy as np
 
 from llmsys.rag.bm25 import Analyzer, BM25Index, BM25Params
 from llmsys.rag.chunking import Chunk
+from llmsys.rag.embeddings import embedder_name
 from llmsys.rag.faiss_index import FaissHNSWIndex
 from llmsys.rag.readers import SourceDocument
 
@@ -72,8 +73,9 @@ if TYPE_CHECKING:
 
     from llmsys.agent.memory import Embedder
 
-__all__ = ["CheckReport", "Hit", "Store", "StoreError", "StoredChunk", "StoredDocument",
-           "UpsertResult", "chunk_id"]
+__all__ = ["CheckReport", "Hit", "PlannedChunk", "Store", "StoreError", "StoredChunk",
+           "StoredDocument", "UpsertResult", "chunk_id", "embed_checked",
+           "plan_chunks"]
 
 SCHEMA_VERSION = 2
 DOCUMENT_COLUMNS = ("doc_id", "source", "title")
@@ -169,8 +171,8 @@ class CheckReport:
 
 
 @dataclass(frozen=True)
-class _Planned:
-    """A chunk ready to insert: its id, analysed terms and position in the document."""
+class PlannedChunk:
+    """A chunk ready to write: its id, analysed terms and position in the document."""
 
     chunk_id: str
     ord: int
@@ -197,6 +199,45 @@ def _to_json(value: dict[str, Any], what: str) -> str:
         raise StoreError(f"{what} must be JSON-serialisable: {e}") from e
 
 
+def plan_chunks(document: SourceDocument, chunks: list[Chunk], analyzer: Analyzer
+                ) -> list[PlannedChunk]:
+    """Check `chunks` against `document` (offsets, JSON metadata, no duplicates) and give
+    each its content id and analysed terms (shared by every store backend)."""
+    if not isinstance(document, SourceDocument):
+        raise TypeError(f"document must be a SourceDocument, got {type(document).__name__}")
+    if not isinstance(chunks, list | tuple):
+        raise TypeError(f"chunks must be a list of Chunk, got {type(chunks).__name__}")
+    planned: list[PlannedChunk] = []
+    for ord_, chunk in enumerate(chunks):
+        if not isinstance(chunk, Chunk):
+            raise TypeError(f"chunks must be Chunk objects, got {type(chunk).__name__}")
+        if document.text[chunk.start:chunk.end] != chunk.text:
+            raise StoreError(f"chunk {ord_} of {document.doc_id!r} ({chunk.start}:"
+                             f"{chunk.end}) does not match the document text there")
+        _to_json(chunk.metadata, f"metadata of chunk {ord_} of {document.doc_id!r}")
+        cid = chunk_id(document.doc_id, chunk.text, chunk.start, chunk.end)
+        planned.append(PlannedChunk(cid, ord_, chunk, tuple(analyzer.analyze(chunk.text))))
+    ids = [p.chunk_id for p in planned]
+    if len(set(ids)) != len(ids):
+        raise StoreError(f"document {document.doc_id!r} has duplicate chunks (same text and "
+                         "offsets)")
+    _to_json(document.metadata, f"metadata of {document.doc_id!r}")
+    return planned
+
+
+def embed_checked(embedder: Embedder, texts: list[str]) -> np.ndarray:
+    """`embedder.embed(texts)` as float32, checked: shape (len(texts), dim), finite."""
+    dim = embedder.dim
+    if not texts:
+        return np.zeros((0, dim), dtype=np.float32)
+    vectors = np.asarray(embedder.embed(texts), dtype=np.float32)
+    if vectors.shape != (len(texts), dim) or not np.isfinite(vectors).all():
+        raise StoreError(f"{embedder_name(embedder)} returned an array of shape "
+                         f"{vectors.shape} (or non-finite values) for {len(texts)} texts; "
+                         f"expected ({len(texts)}, {dim}) finite float32")
+    return vectors
+
+
 def _connect(path: Path) -> apsw.Connection:
     try:
         import apsw
@@ -213,10 +254,6 @@ def _connect(path: Path) -> apsw.Connection:
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
     return conn
-
-
-def _embedder_name(embedder: object) -> str:
-    return str(getattr(embedder, "name", type(embedder).__qualname__))
 
 
 def _analyzer_settings(analyzer: Analyzer) -> str:
@@ -282,7 +319,7 @@ class Store:
         self.params = params if params is not None else BM25Params()
         self._conn = _connect(self.path)
         try:
-            self._init_schema(_embedder_name(embedder), dim)
+            self._init_schema(embedder_name(embedder), dim)
             self._index = self._load_index()
             if vector_index is not None:  # vector index: load its side file or rebuild
                 vector_index.open(self._conn, self.path, dim)
@@ -393,38 +430,13 @@ class Store:
         self._after_commit(removed, [])
         return len(removed)
 
-    def _plan(self, document: SourceDocument, chunks: list[Chunk]) -> list[_Planned]:
-        if not isinstance(document, SourceDocument):
-            raise TypeError(f"document must be a SourceDocument, got {type(document).__name__}")
-        planned: list[_Planned] = []
-        for ord_, chunk in enumerate(chunks):
-            if not isinstance(chunk, Chunk):
-                raise TypeError(f"chunks must be Chunk objects, got {type(chunk).__name__}")
-            if document.text[chunk.start:chunk.end] != chunk.text:
-                raise StoreError(f"chunk {ord_} of {document.doc_id!r} ({chunk.start}:"
-                                 f"{chunk.end}) does not match the document text there")
-            _to_json(chunk.metadata, f"metadata of chunk {ord_} of {document.doc_id!r}")
-            cid = chunk_id(document.doc_id, chunk.text, chunk.start, chunk.end)
-            planned.append(_Planned(cid, ord_, chunk, tuple(self.analyzer.analyze(chunk.text))))
-        ids = [p.chunk_id for p in planned]
-        if len(set(ids)) != len(ids):
-            raise StoreError(f"document {document.doc_id!r} has duplicate chunks (same text and "
-                             "offsets)")
-        _to_json(document.metadata, f"metadata of {document.doc_id!r}")
-        return planned
+    def _plan(self, document: SourceDocument, chunks: list[Chunk]) -> list[PlannedChunk]:
+        return plan_chunks(document, chunks, self.analyzer)
 
     def _embed(self, texts: list[str]) -> np.ndarray:
-        dim = self.embedder.dim
-        if not texts:
-            return np.zeros((0, dim), dtype=np.float32)
-        vectors = np.asarray(self.embedder.embed(texts), dtype=np.float32)
-        if vectors.shape != (len(texts), dim) or not np.isfinite(vectors).all():
-            raise StoreError(f"{_embedder_name(self.embedder)} returned an array of shape "
-                             f"{vectors.shape} (or non-finite values) for {len(texts)} texts; "
-                             f"expected ({len(texts)}, {dim}) finite float32")
-        return vectors
+        return embed_checked(self.embedder, texts)
 
-    def _write(self, document: SourceDocument, planned: list[_Planned],
+    def _write(self, document: SourceDocument, planned: list[PlannedChunk],
                vectors: dict[str, np.ndarray]) -> UpsertResult | None:
         """The upsert transaction; None (rolled back) if the stored chunks changed since
         `vectors` were computed."""
@@ -461,7 +473,7 @@ class Store:
         if not self._conn.getautocommit():
             self._conn.execute("ROLLBACK")
 
-    def _after_commit(self, removed: list[str], added: list[_Planned]) -> None:
+    def _after_commit(self, removed: list[str], added: list[PlannedChunk]) -> None:
         """Bring the in-memory BM25 index in step with what was just committed: patched,
         or rebuilt when another connection had committed before our write lock was taken
         (`_begin` recorded the version then: our own commit does not change it, and a
@@ -506,7 +518,7 @@ class Store:
             (document.doc_id, document.source, document.title, document.content_hash,
              _to_json(document.metadata, "document metadata"), now))
 
-    def _insert_chunks(self, doc_id: str, added: list[_Planned],
+    def _insert_chunks(self, doc_id: str, added: list[PlannedChunk],
                        vectors: dict[str, np.ndarray]) -> None:
         next_rowid = int(self._scalar("SELECT coalesce(max(vec_rowid), 0) FROM chunks")) + 1
         for p in added:

@@ -193,3 +193,17 @@ def test_retriever_feedback_is_the_two_pass_search(store: Store) -> None:
     assert "b" not in plain_docs and "b" in {h.doc_id for h in expected_bm25}
     with pytest.raises(TypeError, match="feedback must be a Feedback"):
         Retriever(store, feedback={"docs": 3})  # type: ignore[arg-type]
+
+
+def test_retriever_mmr_picks_from_the_candidates(store: Store) -> None:
+    from llmsys.rag.retrieval import mmr
+    plain = Retriever(store, "hybrid", candidates=6)
+    diverse = Retriever(store, "hybrid", candidates=6, mmr_lambda=0.3)
+    candidates = plain.search("engine piston cylinder", 6)
+    expected = mmr(store.embed(["engine piston cylinder"])[0], candidates,
+                   store.vectors([h.chunk_id for h in candidates]), 0.3, 3)
+    got = diverse.search("engine piston cylinder", 3)
+    assert got == expected and got != candidates[:3]
+    assert Retriever(store, "hybrid", mmr_lambda=1.0).search("car", 2) == plain.search("car", 2)
+    with pytest.raises(ValueError, match="mmr_lambda must be a number in"):
+        Retriever(store, mmr_lambda=1.5)
