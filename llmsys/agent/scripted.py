@@ -6,6 +6,10 @@
         agent.run("What is 2 + 2?")
         server.requests  # every request body received, in order
 
+    with ScriptedChatServer([]) as server:         # one server for a whole test module
+        with server.play([{"content": "hi"}]) as play:
+            ...                                    # play.base_url, play.requests (this block's)
+
 It simulates a model for agent tests and demos (the agent talks to it with the official
 `openai` client, over loopback HTTP). Each reply is a dict with `content` and/or
 `tool_calls` (a list of (name, arguments) pairs; arguments a dict or raw text, so broken
@@ -19,12 +23,28 @@ from __future__ import annotations
 import itertools
 import json
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from llmsys.agent.memory import approx_tokens
 
 Reply = dict | Callable[[dict], dict]
+
+
+@dataclass
+class Play:
+    """A script played with `ScriptedChatServer.play`: `requests` are those of its block."""
+
+    base_url: str
+    all_requests: list[dict]
+    start: int
+    end: int | None = None
+
+    @property
+    def requests(self) -> list[dict]:
+        return self.all_requests[self.start:self.end]
 
 
 class ScriptedChatServer:
@@ -38,6 +58,8 @@ class ScriptedChatServer:
         self._httpd = ThreadingHTTPServer((host, 0), self._handler())
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
+        self._start = 0                 # index in `requests` of the script's first request
+        self._exhausted_status = 500
 
     @property
     def base_url(self) -> str:
@@ -45,9 +67,24 @@ class ScriptedChatServer:
         return f"http://{host}:{port}/v1"
 
     def __enter__(self) -> ScriptedChatServer:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True,
+                                        kwargs={"poll_interval": 0.02})  # quick shutdown
         self._thread.start()
         return self
+
+    @contextmanager
+    def play(self, script: Sequence[Reply] | Callable[[dict], dict]) -> Iterator[Play]:
+        """Replay `script` on this running server for the `with` block (one server serves a
+        whole test module). Replies are counted from the block's first request, and a request
+        past the end gets a 400 (the client does not retry it)."""
+        with self._lock:
+            self.script, self._start, self._exhausted_status = script, len(self.requests), 400
+        play = Play(self.base_url, self.requests, self._start)
+        try:
+            yield play
+        finally:
+            with self._lock:
+                play.end, self.script = len(self.requests), []
 
     def __exit__(self, *exc) -> None:
         self._httpd.shutdown()
@@ -57,14 +94,15 @@ class ScriptedChatServer:
 
     def _next_reply(self, body: dict) -> dict:
         with self._lock:
-            index = len(self.requests)
+            index = len(self.requests) - self._start
             self.requests.append(body)
-        if callable(self.script):
-            return self.script(body)
-        if index >= len(self.script):
-            return {"status": 500, "message": f"script exhausted: request {index + 1} but only "
-                                              f"{len(self.script)} replies scripted"}
-        reply = self.script[index]
+            script = self.script
+        if callable(script):
+            return script(body)
+        if index >= len(script):
+            return {"status": self._exhausted_status, "message": f"script exhausted: request "
+                    f"{index + 1} but only {len(script)} replies scripted"}
+        reply = script[index]
         return reply(body) if callable(reply) else reply
 
     def _completion(self, body: dict, reply: dict) -> dict:

@@ -9,9 +9,7 @@ import hashlib
 import json
 import re
 import socket
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +22,7 @@ pytest.importorskip("openai")
 
 from llmsys.agent.agent import Agent, EndState  # noqa: E402
 from llmsys.agent.chat_model import ChatModel, ModelError  # noqa: E402
-from llmsys.agent.scripted import ScriptedChatServer  # noqa: E402
+from llmsys.agent.scripted import Play, ScriptedChatServer  # noqa: E402
 from llmsys.rag.answer import (  # noqa: E402
     RAG,
     REFUSAL,
@@ -85,54 +83,14 @@ def store(tmp_path: Path, corpus: dict[str, SourceDocument]) -> Store:
     s.close()
 
 
-class SharedServer:
-    """One scripted chat server for the whole module (each server costs about half a second
-    to stop); `play(script)` runs a script on it, as `ScriptedChatServer(script)` would."""
-
-    def __init__(self) -> None:
-        self.server = ScriptedChatServer(self._reply)
-        self.script: list | Callable[[dict], dict] = []
-
-    def _reply(self, body: dict) -> dict:
-        if callable(self.script):
-            return self.script(body)
-        if not self.script:  # 400, not 500: the client would retry a 500
-            return {"status": 400, "message": "script exhausted"}
-        reply = self.script.pop(0)
-        return reply(body) if callable(reply) else reply
-
-    @contextmanager
-    def play(self, script: list | Callable[[dict], dict]) -> Iterator[Played]:
-        self.script = script if callable(script) else list(script)
-        played = Played(self.server.base_url, self.server.requests, len(self.server.requests))
-        try:
-            yield played
-        finally:
-            played.end, self.script = len(self.server.requests), []
-
-
-@dataclass
-class Played:
-    """A script played on the shared server: `requests` are those made while it played."""
-
-    base_url: str
-    all_requests: list[dict]
-    start: int
-    end: int | None = None
-
-    @property
-    def requests(self) -> list[dict]:
-        return self.all_requests[self.start:self.end]
-
-
 @pytest.fixture(scope="module")
-def shared() -> Iterator[SharedServer]:
-    s = SharedServer()
-    with s.server:
-        yield s
+def shared() -> Iterator[ScriptedChatServer]:
+    """One scripted chat server for the module; each test runs its script with `play`."""
+    with ScriptedChatServer([]) as server:
+        yield server
 
 
-def model_for(server: Played, **kwargs) -> ChatModel:
+def model_for(server: Play, **kwargs) -> ChatModel:
     return ChatModel(server.base_url, "scripted", **kwargs)
 
 
@@ -145,7 +103,7 @@ QUESTION = "How do I install the widget package?"
 
 # ----------------------------------------------------------------------------- prompt, citations
 
-def test_prompt_holds_numbered_sources_in_retrieval_order(shared: SharedServer, store: Store,
+def test_prompt_holds_numbered_sources_in_retrieval_order(shared: ScriptedChatServer, store: Store,
                                                           corpus: dict) -> None:
     retriever = Retriever(store, mode="dense")
     hits = retriever.search(QUESTION, 3)
@@ -167,7 +125,7 @@ def test_prompt_holds_numbered_sources_in_retrieval_order(shared: SharedServer, 
     assert result.usage.calls == 1 and result.usage.prompt_tokens > 0
 
 
-def test_citations_map_to_documents_and_offsets(shared: SharedServer, store: Store,
+def test_citations_map_to_documents_and_offsets(shared: ScriptedChatServer, store: Store,
                                                 corpus: dict) -> None:
     retriever = Retriever(store, mode="hybrid")
     hits = retriever.search(QUESTION, 4)
@@ -186,7 +144,7 @@ def test_citations_map_to_documents_and_offsets(shared: SharedServer, store: Sto
     assert json.loads(json.dumps(result.to_dict()))["citations"][0]["number"] == 1
 
 
-def test_page_and_metadata_title_reach_prompt_and_citation(shared: SharedServer,
+def test_page_and_metadata_title_reach_prompt_and_citation(shared: ScriptedChatServer,
                                                            tmp_path: Path) -> None:
     text = "Page two says the pump runs at 3000 rpm."
     with Store(tmp_path / "p.db", WordsEmbedder()) as store:
@@ -208,7 +166,7 @@ def test_parse_citations(text: str, numbers: list[int]) -> None:
     assert parse_citations(text) == numbers
 
 
-def test_invalid_markers_are_reported_not_cited(shared: SharedServer, store: Store) -> None:
+def test_invalid_markers_are_reported_not_cited(shared: ScriptedChatServer, store: Store) -> None:
     with shared.play([{"content": "Pip [1][7]. Also [0] and [2, 9]."}]) as server:
         result = RAG(Retriever(store, mode="dense"), model_for(server), k=2).answer(QUESTION)
     assert len(result.sources) == 2
@@ -218,7 +176,8 @@ def test_invalid_markers_are_reported_not_cited(shared: SharedServer, store: Sto
 
 # ----------------------------------------------------------------------------- refusals
 
-def test_refuses_without_model_call_below_min_score(shared: SharedServer, store: Store) -> None:
+def test_refuses_without_model_call_below_min_score(shared: ScriptedChatServer,
+                                                    store: Store) -> None:
     question = "quantum chromodynamics lattice gluon"
     best = store.search_dense(question, 1)[0].score
     assert best < 0.5                                  # the reference: nothing relevant
@@ -232,7 +191,7 @@ def test_refuses_without_model_call_below_min_score(shared: SharedServer, store:
     assert f"{best:.4g}" in result.refusal_reason
 
 
-def test_min_score_keeps_only_hits_at_or_above_it(shared: SharedServer, store: Store) -> None:
+def test_min_score_keeps_only_hits_at_or_above_it(shared: ScriptedChatServer, store: Store) -> None:
     retriever = Retriever(store, mode="dense")
     hits = retriever.search(QUESTION, 5)
     threshold = (hits[0].score + hits[1].score) / 2     # only the best hit passes
@@ -241,7 +200,7 @@ def test_min_score_keeps_only_hits_at_or_above_it(shared: SharedServer, store: S
     assert [s.chunk_id for s in result.sources] == [hits[0].chunk_id]
 
 
-def test_min_similarity_gates_hybrid_hits_by_their_embedding(shared: SharedServer,
+def test_min_similarity_gates_hybrid_hits_by_their_embedding(shared: ScriptedChatServer,
                                                              store: Store) -> None:
     retriever = Retriever(store, mode="hybrid")
     hits = retriever.search(QUESTION, 5)
@@ -268,7 +227,7 @@ class SearchOnly:
         self.search = retriever.search
 
 
-def test_refuses_when_nothing_is_retrieved(shared: SharedServer, tmp_path: Path,
+def test_refuses_when_nothing_is_retrieved(shared: ScriptedChatServer, tmp_path: Path,
                                            store: Store) -> None:
     with shared.play([]) as server:
         bm25 = RAG(Retriever(store, mode="bm25"), model_for(server)).answer("zzyzx qwerty")
@@ -279,7 +238,7 @@ def test_refuses_when_nothing_is_retrieved(shared: SharedServer, tmp_path: Path,
         assert result.refused and "Nothing was retrieved" in result.refusal_reason
 
 
-def test_model_refusal_is_detected(shared: SharedServer, store: Store) -> None:
+def test_model_refusal_is_detected(shared: ScriptedChatServer, store: Store) -> None:
     reply = "  " + REFUSAL.upper().rstrip(".") + "  "
     with shared.play([{"content": reply}]) as server:
         result = RAG(Retriever(store, mode="dense"), model_for(server)).answer("Who is Bob?")
@@ -288,7 +247,8 @@ def test_model_refusal_is_detected(shared: SharedServer, store: Store) -> None:
     assert is_refusal(f"Sorry. {REFUSAL}") and not is_refusal("I can answer this [1].")
 
 
-def test_reranker_order_and_its_score_for_min_score(shared: SharedServer, store: Store) -> None:
+def test_reranker_order_and_its_score_for_min_score(shared: ScriptedChatServer,
+                                                    store: Store) -> None:
     retriever = Retriever(store, mode="hybrid")
     reranker = MaxSimReranker(WordsEmbedder())
     expected = reranker.rerank(QUESTION, retriever.search(QUESTION, 8), 2)
@@ -304,7 +264,7 @@ def test_reranker_order_and_its_score_for_min_score(shared: SharedServer, store:
 
 # ----------------------------------------------------------------------------- context budget
 
-def test_budget_drops_whole_sources_in_order(shared: SharedServer, store: Store,
+def test_budget_drops_whole_sources_in_order(shared: ScriptedChatServer, store: Store,
                                              corpus: dict) -> None:
     retriever = Retriever(store, mode="dense")
     with shared.play([{"content": "a [1]"}] * 2) as server:
@@ -321,7 +281,8 @@ def test_budget_drops_whole_sources_in_order(shared: SharedServer, store: Store,
     assert len(user.split("\n\nQuestion:")[0]) - len("Sources:\n\n") <= budget
 
 
-def test_budget_cuts_a_lone_first_source_visibly(shared: SharedServer, tmp_path: Path) -> None:
+def test_budget_cuts_a_lone_first_source_visibly(shared: ScriptedChatServer,
+                                                 tmp_path: Path) -> None:
     text = " ".join(f"The pump number {i} needs oil every week." for i in range(12))
     doc = SourceDocument("pumps.txt", text, None, "/docs/pumps.txt", {})
     with Store(tmp_path / "t.db", WordsEmbedder()) as store:
@@ -344,7 +305,7 @@ def test_budget_cuts_a_lone_first_source_visibly(shared: SharedServer, tmp_path:
     assert len(format_source(s)) <= budget
 
 
-def test_sentence_windows_are_shown_with_their_offsets(shared: SharedServer,
+def test_sentence_windows_are_shown_with_their_offsets(shared: ScriptedChatServer,
                                                        tmp_path: Path) -> None:
     text = ("The lab opened in May. The pump broke on Monday. Ada fixed the pump quickly. "
             "Lunch was late.")
@@ -361,7 +322,7 @@ def test_sentence_windows_are_shown_with_their_offsets(shared: SharedServer,
 
 # ----------------------------------------------------------------------------- errors
 
-def test_endpoint_failures_raise_model_error(shared: SharedServer, store: Store) -> None:
+def test_endpoint_failures_raise_model_error(shared: ScriptedChatServer, store: Store) -> None:
     retriever = Retriever(store, mode="dense")
     with shared.play([{"status": 400, "message": "context too long"}]) as server:
         with pytest.raises(ModelError, match="context too long") as info:
@@ -399,7 +360,8 @@ def test_bad_configuration_is_rejected(store: Store) -> None:
 
 # ----------------------------------------------------------------------------- search tool
 
-def test_search_tool_through_the_agent(shared: SharedServer, store: Store, corpus: dict) -> None:
+def test_search_tool_through_the_agent(shared: ScriptedChatServer,
+                                       store: Store, corpus: dict) -> None:
     retriever = Retriever(store, mode="dense")
     hits = retriever.search("install widget", 2)
 
@@ -426,7 +388,8 @@ def test_search_tool_through_the_agent(shared: SharedServer, store: Store, corpu
     assert result.final_answer == f"Found: {blocks[0].splitlines()[0]}"
 
 
-def test_search_tool_no_results_blank_query_and_cut(shared: SharedServer, store: Store) -> None:
+def test_search_tool_no_results_blank_query_and_cut(shared: ScriptedChatServer,
+                                                    store: Store) -> None:
     search = rag_search_tool(Retriever(store, mode="bm25"), k=3, max_passage_chars=10)
     assert search.name == "search"
     assert search.run({"query": "zzyzx qwerty"}) == NO_RESULTS

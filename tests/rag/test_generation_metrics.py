@@ -11,9 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -21,7 +19,7 @@ import pytest
 pytest.importorskip("openai")
 
 from llmsys.agent.chat_model import ChatModel, ModelError  # noqa: E402
-from llmsys.agent.scripted import ScriptedChatServer  # noqa: E402
+from llmsys.agent.scripted import Play, ScriptedChatServer  # noqa: E402
 from llmsys.rag.answer import REFUSAL, Answer, Source  # noqa: E402
 from llmsys.rag.generation_metrics import (  # noqa: E402
     CLAIMS_PROMPT,
@@ -97,54 +95,14 @@ def judge_reply(body: dict) -> dict:
     return {"status": 400, "message": f"unexpected judge prompt: {system[:60]}"}
 
 
-class SharedServer:
-    """One scripted chat server for the whole module (each server costs about half a second
-    to stop); `play(script)` runs a script on it, as `ScriptedChatServer(script)` would."""
-
-    def __init__(self) -> None:
-        self.server = ScriptedChatServer(self._reply)
-        self.script: list | Callable[[dict], dict] = []
-
-    def _reply(self, body: dict) -> dict:
-        if callable(self.script):
-            return self.script(body)
-        if not self.script:  # 400, not 500: the client would retry a 500
-            return {"status": 400, "message": "script exhausted"}
-        reply = self.script.pop(0)
-        return reply(body) if callable(reply) else reply
-
-    @contextmanager
-    def play(self, script: list | Callable[[dict], dict]) -> Iterator[Played]:
-        self.script = script if callable(script) else list(script)
-        played = Played(self.server.base_url, self.server.requests, len(self.server.requests))
-        try:
-            yield played
-        finally:
-            played.end, self.script = len(self.server.requests), []
-
-
-@dataclass
-class Played:
-    """A script played on the shared server: `requests` are those made while it played."""
-
-    base_url: str
-    all_requests: list[dict]
-    start: int
-    end: int | None = None
-
-    @property
-    def requests(self) -> list[dict]:
-        return self.all_requests[self.start:self.end]
-
-
 @pytest.fixture(scope="module")
-def shared() -> Iterator[SharedServer]:
-    s = SharedServer()
-    with s.server:
-        yield s
+def shared() -> Iterator[ScriptedChatServer]:
+    """One scripted chat server for the module; each test runs its script with `play`."""
+    with ScriptedChatServer([]) as server:
+        yield server
 
 
-def judge_for(server: Played) -> ChatModel:
+def judge_for(server: Play) -> ChatModel:
     return ChatModel(server.base_url, "judge")
 
 
@@ -167,7 +125,7 @@ SAMPLES = [
 
 # ----------------------------------------------------------------------------- faithfulness
 
-def test_faithfulness_equals_fraction_of_supported_sentences(shared: SharedServer) -> None:
+def test_faithfulness_equals_fraction_of_supported_sentences(shared: ScriptedChatServer) -> None:
     with shared.play(judge_reply) as server:
         results = [faithfulness(s.question, s.answer, s.contexts, judge_for(server))
                    for s in SAMPLES]
@@ -185,7 +143,7 @@ def test_faithfulness_equals_fraction_of_supported_sentences(shared: SharedServe
     assert "1. Paris is the capital of France.\n2. It has the Louvre." in verdict_request
 
 
-def test_faithfulness_edge_cases_without_scores(shared: SharedServer) -> None:
+def test_faithfulness_edge_cases_without_scores(shared: ScriptedChatServer) -> None:
     with shared.play(judge_reply) as server:
         judge = judge_for(server)
         empty = faithfulness("q?", "   ", ["ctx"], judge)
@@ -207,7 +165,7 @@ def test_faithfulness_edge_cases_without_scores(shared: SharedServer) -> None:
     ('{"claims": ["A.", "B."]}', '{"verdicts": [true, "maybe"]}', "verdict 2 is not"),
     ('{"claims": ["A."]}', "", "the judge returned no text"),
 ])
-def test_unparseable_judge_replies_are_failures(shared: SharedServer, claims_reply: str,
+def test_unparseable_judge_replies_are_failures(shared: ScriptedChatServer, claims_reply: str,
                                                 verdicts_reply: str | None, error: str) -> None:
     script = [{"content": claims_reply}] + ([{"content": verdicts_reply}]
                                             if verdicts_reply is not None else [])
@@ -217,7 +175,7 @@ def test_unparseable_judge_replies_are_failures(shared: SharedServer, claims_rep
     assert len(server.requests) == len(script)
 
 
-def test_no_claims_is_unscored_not_zero(shared: SharedServer) -> None:
+def test_no_claims_is_unscored_not_zero(shared: ScriptedChatServer) -> None:
     with shared.play([{"content": '{"claims": []}'}]) as server:
         result = faithfulness("q?", "Hmm, well.", ["ctx"], judge_for(server))
     assert (result.score, result.note, result.error) == (None, "no claims", None)
@@ -225,7 +183,7 @@ def test_no_claims_is_unscored_not_zero(shared: SharedServer) -> None:
 
 @pytest.mark.parametrize("verdicts", ['[1, 0, 1]', '{"verdicts": ["yes", "no", "true"]}',
                                       '[{"verdict": 1}, {"verdict": "no"}, {"faithful": true}]'])
-def test_verdict_shapes(shared: SharedServer, verdicts: str) -> None:
+def test_verdict_shapes(shared: ScriptedChatServer, verdicts: str) -> None:
     with shared.play([{"content": '["A.", "B.", "C."]'},
                      {"content": f"Verdicts: {verdicts} done"}]) as server:
         result = faithfulness("q?", "A. B. C.", ["x"], judge_for(server))
@@ -244,7 +202,8 @@ def test_parse_json_reply() -> None:
 
 # ----------------------------------------------------------------------------- relevance
 
-def test_answer_relevance_equals_mean_cosine_of_generated_questions(shared: SharedServer) -> None:
+def test_answer_relevance_equals_mean_cosine_of_generated_questions(
+        shared: ScriptedChatServer) -> None:
     embedder = WordsEmbedder()
     with shared.play(judge_reply) as server:
         results = [answer_relevance(s.question, s.answer, judge_for(server), embedder)
@@ -257,7 +216,7 @@ def test_answer_relevance_equals_mean_cosine_of_generated_questions(shared: Shar
     assert server.requests[0]["messages"][1]["content"] == f"Answer:\n{SAMPLES[0].answer}"
 
 
-def test_relevance_is_zero_for_refusal_empty_and_noncommittal(shared: SharedServer) -> None:
+def test_relevance_is_zero_for_refusal_empty_and_noncommittal(shared: ScriptedChatServer) -> None:
     embedder = WordsEmbedder()
     with shared.play(judge_reply) as server:
         judge = judge_for(server)
@@ -270,7 +229,7 @@ def test_relevance_is_zero_for_refusal_empty_and_noncommittal(shared: SharedServ
     assert vague.noncommittal and vague.error is None and len(server.requests) == 1
 
 
-def test_relevance_judge_garbage_and_fewer_questions(shared: SharedServer) -> None:
+def test_relevance_judge_garbage_and_fewer_questions(shared: ScriptedChatServer) -> None:
     embedder = WordsEmbedder()
     with shared.play([{"content": "questions: none"},
                      {"content": '{"questions": [], "noncommittal": false}'},
@@ -292,7 +251,7 @@ def test_relevance_judge_garbage_and_fewer_questions(shared: SharedServer) -> No
 
 # ----------------------------------------------------------------------------- evaluation
 
-def test_evaluate_generation_report_means_and_failures(shared: SharedServer) -> None:
+def test_evaluate_generation_report_means_and_failures(shared: ScriptedChatServer) -> None:
     samples = [*SAMPLES[:2], GenerationSample("Empty?", "", ("ctx",)),
                GenerationSample("Garbage?", "Some claim here.", ("ctx",))]
 
@@ -334,7 +293,7 @@ def test_sample_from_answer_and_bad_inputs() -> None:
         faithfulness("q?", "a", [], "judge")  # type: ignore[arg-type]
 
 
-def test_judge_endpoint_failure_names_the_step(shared: SharedServer) -> None:
+def test_judge_endpoint_failure_names_the_step(shared: ScriptedChatServer) -> None:
     with shared.play([{"status": 400, "message": "model not loaded"}]) as server:
         with pytest.raises(ModelError, match=r"claim extraction.*model not loaded"):
             faithfulness("q?", "An answer.", ["ctx"], judge_for(server))

@@ -5,15 +5,14 @@ prompt: rewrites that swap words for synonyms, or a fixed hypothetical passage."
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from llmsys.agent.chat_model import ChatModel, ModelError
-from llmsys.agent.scripted import ScriptedChatServer
+from llmsys.agent.scripted import Play, ScriptedChatServer
 from llmsys.rag.chunking import Chunk
 from llmsys.rag.query_transforms import (
     HYDE_SYSTEM,
@@ -60,38 +59,14 @@ def store(tmp_path: Path) -> Store:
     s.close()
 
 
-class SharedChat:
-    """One scripted chat server for the module (stopping a server takes about 0.5 s);
-    `serve(script)` gives it a new script (a list of replies or a function of the request
-    body) and an empty request log."""
-
-    def __init__(self) -> None:
-        self.script: list | Callable[[dict], dict] = []
-        self.server = ScriptedChatServer(self._reply)
-
-    def _reply(self, body: dict) -> dict:
-        if callable(self.script):
-            return self.script(body)
-        if not self.script:
-            return {"status": 400, "message": "script exhausted"}
-        reply = self.script.pop(0)
-        return reply(body) if callable(reply) else reply
-
-    @contextmanager
-    def serve(self, script: list | Callable[[dict], dict]) -> Iterator[ScriptedChatServer]:
-        self.script = script if callable(script) else list(script)
-        self.server.requests.clear()
-        yield self.server
-
-
 @pytest.fixture(scope="module")
-def chat() -> Iterator[SharedChat]:
-    shared = SharedChat()
-    with shared.server:
-        yield shared
+def chat() -> Iterator[ScriptedChatServer]:
+    """One scripted chat server for the module; each test runs its script with `play`."""
+    with ScriptedChatServer([]) as server:
+        yield server
 
 
-def model_for(server: ScriptedChatServer) -> ChatModel:
+def model_for(server: Play) -> ChatModel:
     return ChatModel(server.base_url, "scripted", max_retries=0)
 
 
@@ -119,8 +94,8 @@ def same(a: list[Hit], b: list[Hit]) -> bool:
 
 # ----------------------------------------------------------------------------- multi-query
 
-def test_multi_query_parses_rewrites_from_the_reply(chat: SharedChat) -> None:
-    with chat.serve(synonym_rewriter) as server:
+def test_multi_query_parses_rewrites_from_the_reply(chat: ScriptedChatServer) -> None:
+    with chat.play(synonym_rewriter) as server:
         model = model_for(server)
         assert multi_query(model, "automobile motor", 2) == [
             "automobile motor", "car engine", "vehicle engine"]
@@ -141,11 +116,12 @@ def test_parse_rewrites_handles_malformed_text() -> None:
         parse_rewrites("a", "q", 0)
 
 
-def test_multi_query_finds_what_the_plain_query_misses(chat: SharedChat, store: Store) -> None:
+def test_multi_query_finds_what_the_plain_query_misses(chat: ScriptedChatServer,
+                                                       store: Store) -> None:
     retriever = Retriever(store, "bm25", candidates=10, rrf_k=5)
     query = "automobile"
     assert retriever.search(query, 5) == []                         # no shared word
-    with chat.serve(synonym_rewriter) as server:
+    with chat.play(synonym_rewriter) as server:
         transforming = TransformingRetriever(retriever, model_for(server), n_queries=2)
         got = transforming.search(query, 3)
         filtered = transforming.search(query, 3, filter={"doc_id": "d5"})
@@ -158,10 +134,10 @@ def test_multi_query_finds_what_the_plain_query_misses(chat: SharedChat, store: 
 
 
 def test_multi_query_with_an_unusable_reply_searches_the_query_alone(
-        chat: SharedChat, store: Store) -> None:
+        chat: ScriptedChatServer, store: Store) -> None:
     retriever = Retriever(store, "hybrid", candidates=4)
     script = [{"tool_calls": [("search", {"q": "x"})]}, {"content": "Sure:\n\n"}]
-    with chat.serve(script) as server:
+    with chat.play(script) as server:
         transforming = TransformingRetriever(retriever, model_for(server))
         for _ in script:
             got = transforming.search("flower garden", 2)
@@ -179,8 +155,8 @@ def hyde_writer(body: dict) -> dict:
     return {"content": f"Passage: {PASSAGE}\n"}
 
 
-def test_hyde_returns_the_generated_passage(chat: SharedChat) -> None:
-    with chat.serve([hyde_writer, {"content": None}]) as server:
+def test_hyde_returns_the_generated_passage(chat: ScriptedChatServer) -> None:
+    with chat.play([hyde_writer, {"content": None}]) as server:
         assert hyde(model_for(server), "  how do I keep my ride running?  ") == PASSAGE
         assert hyde(model_for(server), "anything") == ""
         request = server.requests[0]
@@ -189,11 +165,11 @@ def test_hyde_returns_the_generated_passage(chat: SharedChat) -> None:
 
 
 def test_hyde_searches_dense_with_the_passage_and_fuses_bm25(
-        chat: SharedChat, store: Store) -> None:
+        chat: ScriptedChatServer, store: Store) -> None:
     query = "how do I keep my ride running in the garden"
     hybrid = Retriever(store, "hybrid", candidates=5, rrf_k=10)
     dense = Retriever(store, "dense", candidates=5)
-    with chat.serve(hyde_writer) as server:
+    with chat.play(hyde_writer) as server:
         model = model_for(server)
         joined = TransformingRetriever(hybrid, model, mode="hyde").search(query, 3)
         alone = TransformingRetriever(hybrid, model, mode="hyde", include_query=False)
@@ -210,9 +186,9 @@ def test_hyde_searches_dense_with_the_passage_and_fuses_bm25(
     assert docs_of(store.search_dense(query, 2)) != ["d5", "d1"]    # the passage mattered
 
 
-def test_hyde_with_an_empty_passage_uses_the_query(chat: SharedChat, store: Store) -> None:
+def test_hyde_with_an_empty_passage_uses_the_query(chat: ScriptedChatServer, store: Store) -> None:
     retriever = Retriever(store, "dense", candidates=5)
-    with chat.serve([{"content": "  "}]) as server:
+    with chat.play([{"content": "  "}]) as server:
         got = TransformingRetriever(retriever, model_for(server), mode="hyde").search(
             "garden tree", 3)
     assert same(got, store.search_dense("garden tree", 3))
@@ -220,10 +196,10 @@ def test_hyde_with_an_empty_passage_uses_the_query(chat: SharedChat, store: Stor
 
 # ----------------------------------------------------------------------------- errors
 
-def test_model_errors_raise_or_fall_back(chat: SharedChat, store: Store) -> None:
+def test_model_errors_raise_or_fall_back(chat: ScriptedChatServer, store: Store) -> None:
     retriever = Retriever(store, "hybrid", candidates=5)
     error = {"status": 400, "message": "context too long"}
-    with chat.serve([error, error, error]) as server:
+    with chat.play([error, error, error]) as server:
         model = model_for(server)
         with pytest.raises(ModelError, match="context too long"):
             TransformingRetriever(retriever, model).search("car", 2)

@@ -8,15 +8,14 @@ from __future__ import annotations
 import json
 import random
 import re
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from llmsys.agent.chat_model import ChatModel, ModelError
 from llmsys.agent.memory import approx_tokens
-from llmsys.agent.scripted import ScriptedChatServer
+from llmsys.agent.scripted import Play, ScriptedChatServer
 from llmsys.rag.rerankers import (
     CrossEncoderReranker,
     LLMJudgeReranker,
@@ -63,38 +62,14 @@ def overlap_judge(replies: list[str]):
     return reply
 
 
-class SharedChat:
-    """One scripted chat server for the module (stopping a server takes about 0.5 s);
-    `serve(script)` gives it a new script (a list of replies or a function of the request
-    body) and an empty request log."""
-
-    def __init__(self) -> None:
-        self.script: list | Callable[[dict], dict] = []
-        self.server = ScriptedChatServer(self._reply)
-
-    def _reply(self, body: dict) -> dict:
-        if callable(self.script):
-            return self.script(body)
-        if not self.script:
-            return {"status": 400, "message": "script exhausted"}
-        reply = self.script.pop(0)
-        return reply(body) if callable(reply) else reply
-
-    @contextmanager
-    def serve(self, script: list | Callable[[dict], dict]) -> Iterator[ScriptedChatServer]:
-        self.script = script if callable(script) else list(script)
-        self.server.requests.clear()
-        yield self.server
-
-
 @pytest.fixture(scope="module")
-def chat() -> Iterator[SharedChat]:
-    shared = SharedChat()
-    with shared.server:
-        yield shared
+def chat() -> Iterator[ScriptedChatServer]:
+    """One scripted chat server for the module; each test runs its script with `play`."""
+    with ScriptedChatServer([]) as server:
+        yield server
 
 
-def model_for(server: ScriptedChatServer) -> ChatModel:
+def model_for(server: Play) -> ChatModel:
     return ChatModel(server.base_url, "judge", max_retries=0)
 
 
@@ -105,9 +80,9 @@ def expected_order(query: str, hits: list[Hit]) -> list[int]:
 
 # ----------------------------------------------------------------------------- LLM judge
 
-def test_judge_orders_by_grades_read_from_the_prompt(chat: SharedChat) -> None:
+def test_judge_orders_by_grades_read_from_the_prompt(chat: ScriptedChatServer) -> None:
     query, hits, replies = "car engine noise", make_hits(), []
-    with chat.serve(overlap_judge(replies)) as server:
+    with chat.play(overlap_judge(replies)) as server:
         judge = LLMJudgeReranker(model_for(server), batch_size=3)
         top = judge.rerank(query, hits, k=len(hits))
         order = expected_order(query, hits)
@@ -128,9 +103,9 @@ def test_judge_orders_by_grades_read_from_the_prompt(chat: SharedChat) -> None:
     assert (judge.usage.prompt_tokens, judge.usage.completion_tokens) == (prompt, completion)
 
 
-def test_judge_truncates_and_flattens_passages(chat: SharedChat) -> None:
+def test_judge_truncates_and_flattens_passages(chat: ScriptedChatServer) -> None:
     long = "Engine\n\nnoise   " + "x" * 500 + " TAIL"
-    with chat.serve(overlap_judge([])) as server:
+    with chat.play(overlap_judge([])) as server:
         judge = LLMJudgeReranker(model_for(server), max_passage_chars=20)
         judge.rerank("engine noise", make_hits([long, "short"]), k=2)
         user = server.requests[0]["messages"][1]["content"]
@@ -149,11 +124,11 @@ def test_parse_grades_formats_and_rejections() -> None:
     assert parse_grades("3 > 1 > 2\n[2] > [3]", 3) == [None, None, None]   # not a grade
 
 
-def test_judge_keeps_first_stage_positions_of_unjudged_hits(chat: SharedChat) -> None:
+def test_judge_keeps_first_stage_positions_of_unjudged_hits(chat: ScriptedChatServer) -> None:
     hits = make_hits(["a", "b", "c", "d", "e"])
     # a=2, b missing, c=9 (given twice, same), d out of range, e=7, plus noise
     reply = "[1] 2\n[3] 9\nsome words\n[3] 9\n[4] 15\n[5] 7\n[6] 10"
-    with chat.serve([{"content": reply}, {"tool_calls": [("x", {})]}]) as server:
+    with chat.play([{"content": reply}, {"tool_calls": [("x", {})]}]) as server:
         judge = LLMJudgeReranker(model_for(server))
         top = judge.rerank("q", hits, k=5)
         assert judge.stats.judged == 3 and judge.stats.unjudged == 2
@@ -164,7 +139,7 @@ def test_judge_keeps_first_stage_positions_of_unjudged_hits(chat: SharedChat) ->
         assert nothing == hits[:3]                          # as given, scores included
 
 
-def test_judge_never_loses_or_duplicates_hits_on_random_replies(chat: SharedChat) -> None:
+def test_judge_never_loses_or_duplicates_hits_on_random_replies(chat: ScriptedChatServer) -> None:
     rng = random.Random(7)
     pieces = ["[{n}] {g}", "{n}: {g}", "[{n}] grade {g}", "{g}", "[{n}]", "oops {n} {g}"]
 
@@ -174,7 +149,7 @@ def test_judge_never_loses_or_duplicates_hits_on_random_replies(chat: SharedChat
         return {"content": "\n".join(lines)}
 
     hits = make_hits()
-    with chat.serve(noisy) as server:
+    with chat.play(noisy) as server:
         judge = LLMJudgeReranker(model_for(server), batch_size=4, first_stage_weight=0.3)
         for _ in range(15):
             top = judge.rerank("q", hits, k=len(hits))
@@ -183,13 +158,13 @@ def test_judge_never_loses_or_duplicates_hits_on_random_replies(chat: SharedChat
     assert judge.stats.judged + judge.stats.unjudged == 15 * len(hits)
 
 
-def test_judge_endpoint_errors_raise_or_fall_back(chat: SharedChat) -> None:
+def test_judge_endpoint_errors_raise_or_fall_back(chat: ScriptedChatServer) -> None:
     hits = make_hits()
-    with chat.serve([{"status": 400, "message": "model not loaded"}]) as server:
+    with chat.play([{"status": 400, "message": "model not loaded"}]) as server:
         with pytest.raises(ModelError, match="LLM judge request failed.*model not loaded"):
             LLMJudgeReranker(model_for(server)).rerank("car", hits, k=3)
     script = [overlap_judge([]), {"status": 400, "message": "overloaded"}]
-    with chat.serve(script) as server:
+    with chat.play(script) as server:
         judge = LLMJudgeReranker(model_for(server), batch_size=4, on_error="fallback")
         top = judge.rerank("car engine", hits, k=len(hits))
     judged = sorted(range(4), key=lambda i: (-overlap_grade("car engine", hits[i].text), i))
@@ -197,9 +172,9 @@ def test_judge_endpoint_errors_raise_or_fall_back(chat: SharedChat) -> None:
     assert judge.stats.failed_requests == 1 and judge.usage.calls == 1
 
 
-def test_judge_blends_with_first_stage_scores(chat: SharedChat) -> None:
+def test_judge_blends_with_first_stage_scores(chat: ScriptedChatServer) -> None:
     query, hits = "car engine noise", make_hits()
-    with chat.serve(overlap_judge([])) as server:
+    with chat.play(overlap_judge([])) as server:
         keep = LLMJudgeReranker(model_for(server), first_stage_weight=1.0)
         assert ids(keep.rerank(query, hits, k=7)) == ids(hits)
         half = LLMJudgeReranker(model_for(server), first_stage_weight=0.5)
