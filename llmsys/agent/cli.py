@@ -7,7 +7,8 @@
 `run` streams each step (model calls, tool calls and results) and ends with the final answer;
 `--json` prints only the final `RunResult` as one JSON object. Traces, memory and sessions
 live in the SQLite file given by `--db`. Tools: calculator, python (sandboxed), web
-(web_fetch, plus web_search when --searx-url is given), memory (facts, notes, episodes).
+(web_fetch, plus web_search when --searx-url is given), memory (facts, notes, episodes),
+rag (`search` over a store made by `llmsys rag ingest`, given as --rag-db FILE).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import argparse
 import json
 import sys
 
-TOOL_SETS = ("calculator", "python", "web", "memory")
+TOOL_SETS = ("calculator", "python", "web", "memory", "rag")
 
 
 def add_agent_parser(sub: argparse._SubParsersAction) -> None:
@@ -37,6 +38,8 @@ def add_agent_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--db", default="agent.db", help="SQLite file for traces and memory")
     r.add_argument("--session", default=None, help="continue this session (needs memory)")
     r.add_argument("--searx-url", default=None, help="SearxNG endpoint for web_search")
+    r.add_argument("--rag-db", default=None,
+                   help="store file for the rag tool's search (from `llmsys rag ingest`)")
     r.add_argument("--yes", action="store_true", help="approve every tool call that asks")
     r.add_argument("--json", action="store_true", help="print only the RunResult as JSON")
     r.set_defaults(func=cmd_agent_run)
@@ -46,7 +49,23 @@ def add_agent_parser(sub: argparse._SubParsersAction) -> None:
     t.set_defaults(func=cmd_agent_trace)
 
 
-def _tools(names: list[str], db: str, session: str | None, searx_url: str | None):
+def _rag_search(rag_db: str | None):
+    """The `search` tool over a RAG store file (hybrid retrieval with feedback)."""
+    from pathlib import Path
+
+    if not rag_db or not Path(rag_db).is_file():
+        raise ValueError(f"--tools rag needs --rag-db FILE, a store made by `llmsys rag "
+                         f"ingest`; got {rag_db!r}")
+    from llmsys.rag.cli import store_at
+    from llmsys.rag.feedback import Feedback
+    from llmsys.rag.retrieval import Retriever
+    from llmsys.rag.search_tool import rag_search_tool
+
+    return rag_search_tool(Retriever(store_at(rag_db), "hybrid", feedback=Feedback()))
+
+
+def _tools(names: list[str], db: str, session: str | None, searx_url: str | None,
+           rag_db: str | None = None):
     tools, memory = [], None
     for name in names:
         if name == "calculator":
@@ -68,6 +87,8 @@ def _tools(names: list[str], db: str, session: str | None, searx_url: str | None
 
             memory = Memory(db, embedder=MiniLMEmbedder())
             tools += memory_tools(memory, session_id=session)
+        elif name == "rag":
+            tools.append(_rag_search(rag_db))
         else:
             raise ValueError(f"unknown tool set {name!r}; choose from {', '.join(TOOL_SETS)}")
     return tools, memory
@@ -78,7 +99,7 @@ def cmd_agent_run(args: argparse.Namespace) -> None:
     from llmsys.agent.chat_model import ChatModel
 
     names = [] if args.tools == "none" else [n.strip() for n in args.tools.split(",") if n]
-    tools, memory = _tools(names, args.db, args.session, args.searx_url)
+    tools, memory = _tools(names, args.db, args.session, args.searx_url, args.rag_db)
     if args.session and memory is None:
         raise ValueError("--session needs the memory tools (--tools ...,memory)")
     limits = Limits(max_steps=args.max_steps, max_total_tokens=args.max_tokens,

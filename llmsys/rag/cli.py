@@ -116,6 +116,8 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--feedback", action="store_true",
                    help="pseudo-relevance feedback (RM3 and Rocchio) before the final search")
+    p.add_argument("--mmr", type=float, default=None, metavar="LAMBDA",
+                   help="pick diverse results by MMR (1 = relevance only, 0 = diversity only)")
     p.add_argument("--rerank", default="none", choices=RERANKERS)
     p.add_argument("--cross-encoder", default=None, help="model directory (--rerank "
                                                          "cross-encoder)")
@@ -132,26 +134,36 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
 
 def open_store(args: argparse.Namespace) -> Store:
     """The store at `--db` with the embedder the flags name, cached beside the file."""
+    return store_at(args.db, args.embed_base_url, args.embed_model, args.embed_api_key)
+
+
+def store_at(db: str | os.PathLike[str], embed_base_url: str | None = None,
+             embed_model: str | None = None, embed_api_key: str = "none") -> Store:
+    """A store file opened with MiniLM, or with an OpenAI-compatible embeddings endpoint
+    when both `embed_base_url` and `embed_model` are given; embeddings are cached in
+    `<db>.embeddings`."""
     from llmsys.rag.store import Store
 
-    path = Path(args.db)
+    path = Path(db)
     if path.is_dir():
         raise ValueError(f"--db must be a file, got the folder {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    return Store(path, _cached(args, path))
+    return Store(path, _cached(embed_base_url, embed_model, embed_api_key, path))
 
 
-def _cached(args: argparse.Namespace, path: Path) -> Any:
+def _cached(embed_base_url: str | None, embed_model: str | None, embed_api_key: str,
+            path: Path) -> Any:
     from llmsys.rag.embeddings import CachedEmbedder
-    return CachedEmbedder(_embedder(args), path.with_name(path.name + ".embeddings"))
+    embedder = _embedder(embed_base_url, embed_model, embed_api_key)
+    return CachedEmbedder(embedder, path.with_name(path.name + ".embeddings"))
 
 
-def _embedder(args: argparse.Namespace) -> Any:
-    if (args.embed_base_url is None) != (args.embed_model is None):
+def _embedder(embed_base_url: str | None, embed_model: str | None, embed_api_key: str) -> Any:
+    if (embed_base_url is None) != (embed_model is None):
         raise ValueError("--embed-base-url and --embed-model go together")
-    if args.embed_base_url is not None:
+    if embed_base_url is not None:
         from llmsys.rag.embeddings import OpenAIEmbedder
-        return OpenAIEmbedder(args.embed_base_url, args.embed_model, args.embed_api_key)
+        return OpenAIEmbedder(embed_base_url, embed_model, embed_api_key)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from llmsys.agent.memory import MiniLMEmbedder
     return MiniLMEmbedder()
@@ -208,7 +220,8 @@ def build_search(args: argparse.Namespace, store: Store
 
     if args.top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
-    retriever: Any = Retriever(store, args.mode, feedback=Feedback() if args.feedback else None)
+    retriever: Any = Retriever(store, args.mode, feedback=Feedback() if args.feedback else None,
+                               mmr_lambda=args.mmr)
     if args.transform != "none":
         from llmsys.rag.query_transforms import TransformingRetriever
         retriever = TransformingRetriever(retriever, _chat_model(args, f"--transform "
@@ -375,7 +388,7 @@ def cmd_info(args: argparse.Namespace) -> None:
     path = Path(args.db)
     if not path.is_file():
         raise ValueError(f"--db {path}: no such store file")
-    embedder = _cached(args, path)
+    embedder = _cached(args.embed_base_url, args.embed_model, args.embed_api_key, path)
     started = time.perf_counter()
     with Store(path, embedder) as store:
         opened = time.perf_counter() - started

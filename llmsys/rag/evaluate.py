@@ -28,6 +28,11 @@ RRF k, weights, candidate depth), the reranker blend (1.0 = no reranking), and f
 best of the four hybrid stages. The tuned settings are then measured on the test queries. It
 prints a markdown table and writes the numbers and the chosen settings as JSON. Embeddings go
 through a `CachedEmbedder` file, so re-runs are fast.
+
+Generation metrics: with `--generate-base-url URL --generate-model NAME` (and optionally a
+separate `--judge-base-url`/`--judge-model`), the first `--generation-queries` test queries
+are answered by `RAG` over hybrid + feedback retrieval and judged for faithfulness and answer
+relevance (`generation_metrics.evaluate_generation`, MiniLM for the relevance cosines).
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from llmsys.rag.chunking import Chunk
-from llmsys.rag.datasets import Collection, Document
+from llmsys.rag.datasets import Collection, Document, Query
 from llmsys.rag.feedback import Feedback
 from llmsys.rag.metrics import evaluate_run
 from llmsys.rag.readers import SourceDocument
@@ -50,6 +55,7 @@ from llmsys.rag.retrieval import FUSIONS, MaxSimReranker, Retriever, doc_ranking
 from llmsys.rag.store import Hit, Store
 
 if TYPE_CHECKING:
+    from llmsys.agent.chat_model import ChatModel
     from llmsys.agent.memory import Embedder
 
 __all__ = ["HybridConfig", "REPORTED", "evaluate_stages", "ingest", "main"]
@@ -273,6 +279,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where the store, the embedding cache and the JSON go")
     parser.add_argument("--json", default=None, help="results file (default WORKDIR/...)")
     parser.add_argument("--no-progress", action="store_true")
+    gen = parser.add_argument_group("generation metrics (faithfulness, answer relevance)")
+    gen.add_argument("--generate-base-url", default=None,
+                     help="OpenAI-compatible endpoint that answers the test queries")
+    gen.add_argument("--generate-model", default=None)
+    gen.add_argument("--judge-base-url", default=None, help="judge endpoint (default: the "
+                                                            "generating one)")
+    gen.add_argument("--judge-model", default=None, help="judge model (default: the "
+                                                         "generating one)")
+    gen.add_argument("--api-key", default="none")
+    gen.add_argument("--generation-queries", type=int, default=20,
+                     help="how many test queries are answered and judged")
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -355,6 +372,8 @@ def run(args: argparse.Namespace) -> int:
     embedder = _minilm()(workdir / "embeddings.db")
     out = evaluate_collection(collection, workdir, embedder, args.dev_fraction, args.seed,
                               args.k, not args.no_progress)
+    if args.generate_base_url or args.generate_model:
+        out["generation"] = _generation(args, collection, workdir, embedder)
     print(f"{collection.name}: {out['dev_queries']} dev / {out['test_queries']} test "
           f"queries, k={args.k}")
     print(markdown_table(out["results"]))
@@ -362,20 +381,68 @@ def run(args: argparse.Namespace) -> int:
         best = out["best"]
         print(f"best on dev: {best['stage']} {best['settings']} -> test nDCG@10 "
               f"{best['test']['ndcg@10']:.4f}")
+    if "generation" in out:
+        g = out["generation"]
+        print(f"generation ({g['queries']} test queries, {g['stage']}): faithfulness "
+              f"{_fmt(g['mean_faithfulness'])}, answer relevance "
+              f"{_fmt(g['mean_answer_relevance'])}, refused {g['refused']}, judge failures "
+              f"{g['judge_failures']}")
     path = Path(args.json) if args.json else workdir / f"{collection.name}-results.json"
     path.write_text(json.dumps(out, indent=2))
     print(f"results written to {path}")
     return 0
 
 
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def evaluate_answers(store: Store, queries: Sequence[Query], generator: ChatModel,
+                     judge: ChatModel, embedder: Embedder, config: HybridConfig,
+                     k: int = 5) -> dict:
+    """Answer each query with `RAG` over the hybrid + feedback retriever, then score the
+    answers' faithfulness and relevance with `judge` (`generation_metrics`)."""
+    from llmsys.rag.answer import RAG
+    from llmsys.rag.generation_metrics import GenerationSample, evaluate_generation
+
+    rag = RAG(config.retriever(store, "hybrid", feedback=True), generator, k=k)
+    answers = [rag.answer(q.text) for q in queries]
+    report = evaluate_generation([GenerationSample.from_answer(a) for a in answers], judge,
+                                 embedder)
+    return {"queries": len(answers), "stage": "hybrid+prf", "k": k,
+            "refused": sum(a.refused for a in answers),
+            "mean_faithfulness": report.mean_faithfulness,
+            "mean_answer_relevance": report.mean_answer_relevance,
+            "judge_failures": report.judge_failures, "report": report.to_dict()}
+
+
+def _generation(args: argparse.Namespace, collection: Collection, workdir: Path,
+                embedder: Embedder) -> dict:
+    from llmsys.agent.chat_model import ChatModel
+
+    if not args.generate_base_url or not args.generate_model:
+        raise ValueError("generation metrics need --generate-base-url and --generate-model")
+    if args.generation_queries < 1:
+        raise ValueError(f"--generation-queries must be >= 1, got {args.generation_queries}")
+    generator = ChatModel(args.generate_base_url, args.generate_model, args.api_key)
+    judge = ChatModel(args.judge_base_url or args.generate_base_url,
+                      args.judge_model or args.generate_model, args.api_key)
+    _, test = (collection.split(args.dev_fraction, seed=args.seed) if args.dev_fraction
+               else (None, collection))
+    with Store(workdir / f"{collection.name}.db", embedder) as store:
+        return evaluate_answers(store, test.queries[:args.generation_queries], generator,
+                                judge, embedder, HybridConfig())
+
+
 def _cli() -> int:
     """`main` with bad input (a missing collection, a store made with another embedder)
     reported in one line and exit status 2 instead of a traceback."""
+    from llmsys.agent.chat_model import ModelError
     from llmsys.rag.store import StoreError
 
     try:
         return main()
-    except (OSError, ValueError, StoreError) as e:
+    except (OSError, ValueError, StoreError, ModelError) as e:
         print(f"llmsys.rag.evaluate: error: {e}", file=sys.stderr)
         return 2
 

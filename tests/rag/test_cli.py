@@ -42,8 +42,8 @@ def minilm():
 @pytest.fixture(autouse=True)
 def shared_minilm(monkeypatch: pytest.MonkeyPatch, minilm) -> None:
     """Every command gets the module's MiniLM instead of loading its own (2 s each)."""
-    monkeypatch.setattr(rag_cli, "_embedder", lambda args: minilm if args.embed_base_url
-                        is None else _real_embedder(args))
+    monkeypatch.setattr(rag_cli, "_embedder", lambda url, model, key: minilm
+                        if url is None and model is None else _real_embedder(url, model, key))
     monkeypatch.setattr(evaluate, "_minilm", lambda: lambda path: CachedEmbedder(minilm, path))
 
 
@@ -215,3 +215,47 @@ def test_delete(tmp_path: Path, corpus: Path, capsys) -> None:
         in out
     code, out, _ = run(capsys, "rag", "info", "--db", str(db))
     assert json.loads(out)["documents"] == 3
+
+
+def test_agent_searches_the_store_with_the_rag_tool(tmp_path: Path, corpus: Path,
+                                                    capsys) -> None:
+    db = ingested(tmp_path, corpus, capsys)
+    script = [{"tool_calls": [("search", {"query": "sailing boats"})]},
+              {"content": "Sailing boats use the wind [1]."}]
+    with ScriptedChatServer(script) as server:
+        code, out, _ = run(capsys, "agent", "run", "How do sailing boats move?", "--base-url",
+                           server.base_url, "--model", "scripted", "--tools", "rag",
+                           "--rag-db", str(db), "--db", str(tmp_path / "agent.db"), "--json")
+        observation = server.requests[1]["messages"][-1]["content"]
+    assert code == 0 and json.loads(out)["final_answer"].startswith("Sailing boats")
+    assert observation.startswith("[1]") and "boats.txt" in observation
+    code, _, err = run(capsys, "agent", "run", "x", "--base-url", server.base_url, "--model",
+                       "m", "--tools", "rag", "--db", str(tmp_path / "agent.db"))
+    assert code == 2 and "--tools rag needs --rag-db FILE" in err
+
+
+def test_eval_with_generation_metrics(tmp_path: Path, capsys) -> None:
+    docs = [Document(f"d{i}", f"title {i}", text) for i, text in enumerate(FILES.values())]
+    queries = [Query("q1", "upgrade widget"), Query("q2", "wind weather")]
+    write_beir(Collection("mini", docs, queries, {"q1": {"d0": 2}, "q2": {"d2": 1}}),
+               tmp_path / "beir")
+
+    def model(body: dict) -> dict:       # answers, then judges, by what the prompt asks
+        prompt = json.dumps(body["messages"])
+        if "numbered sources" in prompt:
+            return {"content": "The widget is upgraded with pip [1]."}
+        if "split an answer into claims" in prompt:
+            return {"content": '{"claims": ["The widget is upgraded with pip."]}'}
+        if "check claims against a context" in prompt:
+            return {"content": '{"verdicts": [{"claim": 1, "supported": true}]}'}
+        return {"content": '{"questions": ["how to upgrade the widget?", "upgrade widget", '
+                           '"widget upgrade with pip?"], "noncommittal": false}'}
+    with ScriptedChatServer(model) as server:
+        code, out, _ = run(capsys, "rag", "eval", "--dataset", str(tmp_path / "beir"),
+                           "--dev-fraction", "0", "--workdir", str(tmp_path / "w"),
+                           "--no-progress", "--generate-base-url", server.base_url,
+                           "--generate-model", "scripted", "--generation-queries", "2")
+    generation = json.loads((tmp_path / "w" / "beir-results.json").read_text())["generation"]
+    assert code == 0 and "generation (2 test queries" in out
+    assert generation["queries"] == 2 and generation["mean_faithfulness"] == 1.0
+    assert generation["judge_failures"] == 0 and 0 < generation["mean_answer_relevance"] <= 1
