@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any, Protocol, runtime_checkable
 
-from llmsys.rag.store import Hit, _filter_clause
+from llmsys.rag.store import Hit, check_filter
 
 LANGCHAIN_EXTRA = "pip install 'llmsys[langchain]'"
 LLAMAINDEX_EXTRA = "pip install 'llmsys[llamaindex]'"
@@ -78,7 +78,7 @@ class HitSearch:
                             f"llmsys.rag.retrieval.Retriever), got {type(self.retriever).__name__}")
         if not isinstance(self.k, int) or isinstance(self.k, bool) or self.k < 1:
             raise ValueError(f"k must be an int >= 1, got {self.k!r}")
-        _filter_clause(self.filter)      # a bad filter fails here, not at the first query
+        check_filter(self.filter)        # a bad filter fails here, not at the first query
         if self.filter is not None:      # later changes to the caller's dict do not leak in
             object.__setattr__(self, "filter", dict(self.filter))
 

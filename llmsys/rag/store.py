@@ -74,7 +74,7 @@ if TYPE_CHECKING:
     from llmsys.agent.memory import Embedder
 
 __all__ = ["CheckReport", "Hit", "PlannedChunk", "Store", "StoreError", "StoredChunk",
-           "StoredDocument", "UpsertResult", "chunk_id", "embed_checked",
+           "StoredDocument", "UpsertResult", "check_filter", "chunk_id", "embed_checked",
            "plan_chunks"]
 
 SCHEMA_VERSION = 2
@@ -260,6 +260,11 @@ def _analyzer_settings(analyzer: Analyzer) -> str:
     stopwords = None if analyzer.stopwords is None else sorted(analyzer.stopwords)
     return json.dumps({"stopwords": stopwords, "stemmer": analyzer.stemmer,
                        "lowercase": analyzer.lowercase}, sort_keys=True)
+
+
+def check_filter(filter: dict[str, Any] | None) -> None:
+    """Raise ValueError for a filter the searches would refuse (see the module docstring)."""
+    _filter_clause(filter)
 
 
 def _filter_clause(filter: dict[str, Any] | None) -> tuple[str, list[Any]]:
