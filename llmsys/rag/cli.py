@@ -132,8 +132,12 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
 
 # ----------------------------------------------------------------------------- building
 
-def open_store(args: argparse.Namespace) -> Store:
-    """The store at `--db` with the embedder the flags name, cached beside the file."""
+def open_store(args: argparse.Namespace, create: bool = False) -> Store:
+    """The store at `--db` with the embedder the flags name, cached beside the file; only
+    `ingest` (`create`) may start a new file."""
+    if not create and not Path(args.db).is_file():
+        raise ValueError(f"--db {args.db}: no such store file (make one with `llmsys rag "
+                         "ingest PATH... --db FILE`)")
     return store_at(args.db, args.embed_base_url, args.embed_model, args.embed_api_key)
 
 
@@ -258,7 +262,7 @@ def _reranker(args: argparse.Namespace, store: Store) -> Any:
 def cmd_ingest(args: argparse.Namespace) -> None:
     from llmsys.rag.ingest import ingest
 
-    with open_store(args) as store:
+    with open_store(args, create=True) as store:
         report = ingest(store, args.paths, _chunker(args, store), prune=args.prune,
                         progress=not args.no_progress, batch_chunks=args.batch_chunks)
         total = store.count()

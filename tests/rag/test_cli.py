@@ -199,6 +199,8 @@ def test_store_errors_are_one_line(tmp_path: Path, corpus: Path, capsys) -> None
     db = ingested(tmp_path, corpus, capsys)
     code, _, err = run(capsys, "rag", "info", "--db", str(tmp_path / "missing.db"))
     assert code == 2 and "no such store file" in err
+    code, _, err = run(capsys, "rag", "query", "x", "--db", str(tmp_path / "missing.db"))
+    assert code == 2 and "no such store file" in err and not (tmp_path / "missing.db").exists()
     bad = tmp_path / "queries.jsonl"
     bad.write_text('{"text": "no id"}\n')
     code, _, err = run(capsys, "rag", "query", "--db", str(db), "--queries", str(bad))
