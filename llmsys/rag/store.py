@@ -245,14 +245,26 @@ def _connect(path: Path) -> apsw.Connection:
     except ImportError as e:
         raise ImportError("the RAG store needs apsw and sqlite-vec: pip install 'llmsys[rag]'"
                           ) from e
-    conn = apsw.Connection(str(path))
-    conn.set_busy_timeout(10_000)
-    conn.enable_load_extension(True)
-    conn.load_extension(sqlite_vec.loadable_path())
-    conn.enable_load_extension(False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA foreign_keys=ON")
+    try:
+        conn = apsw.Connection(str(path))
+    except apsw.Error as e:
+        raise StoreError(f"{path}: cannot open the store file ({e})") from None
+    try:
+        conn.set_busy_timeout(10_000)
+        conn.enable_load_extension(True)
+        conn.load_extension(sqlite_vec.loadable_path())
+        conn.enable_load_extension(False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    except apsw.Error as e:
+        conn.close()
+        raise StoreError(f"{path}: not a store file ({e})") from None
+    if tables and "meta" not in tables:
+        conn.close()
+        raise StoreError(f"{path} is an SQLite file without a store's tables; give a new file "
+                         "name (or one made by llmsys)")
     return conn
 
 

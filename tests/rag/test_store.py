@@ -379,3 +379,21 @@ def test_killed_ingestion_is_consistent_and_resumes(tmp_path: Path) -> None:
         assert store.count() == sum(len(c) for c in expected.values())
         assert json.dumps(sorted(d.doc_id for d in store.documents())) == json.dumps(
             sorted(expected))
+
+
+def test_a_file_that_is_not_a_store_is_a_store_error(tmp_path: Path) -> None:
+    text = tmp_path / "notes.db"
+    text.write_text("hello, not a database\n")
+    with pytest.raises(StoreError, match="notes.db: not a store file"):
+        Store(text, WordsEmbedder())
+    import apsw
+    other = tmp_path / "other.db"
+    conn = apsw.Connection(str(other))
+    conn.execute("CREATE TABLE accounts (id INTEGER)")
+    conn.close()
+    with pytest.raises(StoreError, match="SQLite file without a store's tables"):
+        Store(other, WordsEmbedder())
+    assert {r[0] for r in apsw.Connection(str(other)).execute(
+        "SELECT name FROM sqlite_master")} == {"accounts"}          # left untouched
+    with pytest.raises(StoreError, match="cannot open the store file"):
+        Store(tmp_path / "no-such-dir" / "x.db", WordsEmbedder())
