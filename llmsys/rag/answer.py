@@ -69,6 +69,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from llmsys.agent.chat_model import ChatModel, ModelError, Usage
+from llmsys.rag.checks import check_int
 from llmsys.rag.store import Hit, Store
 
 __all__ = ["RAG", "REFUSAL", "SYSTEM_PROMPT", "TRUNCATION_NOTE", "Answer", "Citation",
@@ -248,7 +249,7 @@ def select_sources(hits: Sequence[Hit], catalog: DocumentCatalog, max_chars: int
     """Numbered sources for `hits` in order while their blocks (joined by blank lines) fit in
     `max_chars`, and how many hits were left out. Only a first source over the budget alone
     is cut (marked `truncated`, its `end` moved to the end of the text kept)."""
-    _check_int("max_chars", max_chars, 1)
+    check_int("max_chars", max_chars, 1)
     sources: list[Source] = []
     used = 0
     for i, hit in enumerate(hits):
@@ -310,9 +311,6 @@ def is_refusal(text: str, refusal: str = REFUSAL) -> bool:
 
 # ----------------------------------------------------------------------------- RAG
 
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
 @dataclass
@@ -345,11 +343,11 @@ class RAG:
         if self.reranker is not None and not callable(getattr(self.reranker, "rerank", None)):
             raise TypeError(f"reranker must have rerank(query, hits, k), got "
                             f"{type(self.reranker).__name__}")
-        _check_int("k", self.k, 1)
-        _check_int("max_context_chars", self.max_context_chars, 1)
-        _check_int("max_answer_tokens", self.max_answer_tokens, 1)
+        check_int("k", self.k, 1)
+        check_int("max_context_chars", self.max_context_chars, 1)
+        check_int("max_answer_tokens", self.max_answer_tokens, 1)
         if self.fetch_k is not None:
-            _check_int("fetch_k", self.fetch_k, self.k)
+            check_int("fetch_k", self.fetch_k, self.k)
         for name in ("min_score", "min_similarity"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)

@@ -78,6 +78,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from llmsys.rag.bm25 import Analyzer, BM25Params
+from llmsys.rag.checks import check_int
 from llmsys.rag.chunking import Chunk
 from llmsys.rag.embeddings import embedder_name
 from llmsys.rag.readers import SourceDocument
@@ -160,9 +161,6 @@ def sparse_query(terms: list[str]) -> tuple[list[int], list[float]]:
 
 # ----------------------------------------------------------------------------- checks
 
-def _check_k(k: int) -> None:
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"k must be an int >= 1, got {k!r}")
 
 
 def _jsonable(value: dict[str, Any], what: str) -> dict[str, Any]:
@@ -543,7 +541,7 @@ class QdrantStore:
                     ) -> list[Hit]:
         """Top `k` chunks by BM25 over Qdrant sparse vectors (see module for how close the
         scores are to `BM25Index`'s); chunks without any query term are left out."""
-        _check_k(k)
+        check_int("k", k, 1)
         _check_query(query)
         qfilter, possible = qdrant_filter(filter)
         terms = self.analyzer.analyze(query)
@@ -556,7 +554,7 @@ class QdrantStore:
     def search_dense(self, query: str, k: int, filter: dict[str, Any] | None = None
                      ) -> list[Hit]:
         """Top `k` chunks by cosine similarity to the query embedding."""
-        _check_k(k)
+        check_int("k", k, 1)
         _check_query(query)
         qfilter, possible = qdrant_filter(filter)
         if not possible:

@@ -72,6 +72,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from llmsys.agent.chat_model import ModelError, Usage
+from llmsys.rag.checks import check_int
 from llmsys.rag.retrieval import rescored
 from llmsys.rag.store import Hit
 
@@ -100,9 +101,6 @@ JUDGE_SYSTEM = (
 
 # ----------------------------------------------------------------------------- checks
 
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
 def _check_weight(value: object) -> None:
@@ -199,14 +197,14 @@ class LLMJudgeReranker:
         if not callable(getattr(self.model, "complete", None)):
             raise TypeError(f"LLMJudgeReranker needs a chat model with complete(messages), "
                             f"got {type(self.model).__name__}")
-        _check_int("batch_size", self.batch_size, 1)
-        _check_int("max_passage_chars", self.max_passage_chars, 1)
+        check_int("batch_size", self.batch_size, 1)
+        check_int("max_passage_chars", self.max_passage_chars, 1)
         _check_weight(self.first_stage_weight)
         if self.on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {', '.join(ON_ERROR)}; "
                              f"got {self.on_error!r}")
         if self.reply_tokens is not None:
-            _check_int("reply_tokens", self.reply_tokens, 1)
+            check_int("reply_tokens", self.reply_tokens, 1)
 
     def grades(self, query: str, hits: Sequence[Hit]) -> list[float | None]:
         """The model's grade (0-10) of each hit, in input order; None where unjudged."""
@@ -266,7 +264,7 @@ class LLMJudgeReranker:
 
     def rerank(self, query: str, hits: Sequence[Hit], k: int) -> list[Hit]:
         """The top k of `hits` reordered by the model's grades (blended as configured)."""
-        _check_int("k", k, 1)
+        check_int("k", k, 1)
         ranked = self._ranked(query, hits)[:k]
         return [replace(hits[index], score=score) for index, score in ranked]
 
@@ -304,8 +302,8 @@ class CrossEncoderReranker:
 
     def __post_init__(self) -> None:
         self.model_dir = _check_model_dir(self.model_dir)
-        _check_int("batch_size", self.batch_size, 1)
-        _check_int("max_length", self.max_length, 2)
+        check_int("batch_size", self.batch_size, 1)
+        check_int("max_length", self.max_length, 2)
         _check_weight(self.first_stage_weight)
         if not isinstance(self.device, str):
             raise TypeError(f"device must be a str such as 'cpu' or 'cuda', got "
@@ -364,5 +362,5 @@ class CrossEncoderReranker:
 
     def rerank(self, query: str, hits: Sequence[Hit], k: int) -> list[Hit]:
         """The top k of `hits` reordered by logit (blended with the first-stage ranking)."""
-        _check_int("k", k, 1)
+        check_int("k", k, 1)
         return rescored(hits, self.scores(query, hits), k, self.first_stage_weight)

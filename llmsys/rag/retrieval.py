@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from llmsys.rag import chunking
+from llmsys.rag.checks import check_choice, check_int
 from llmsys.rag.feedback import Feedback, rm3_weights, rocchio
 from llmsys.rag.store import Hit, Store
 
@@ -69,14 +70,8 @@ NORMALIZATIONS = ("minmax", "none")
 
 # ----------------------------------------------------------------------------- checks
 
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
-def _check_choice(name: str, value: object, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
 
 
 def _check_weights(weights: Sequence[float], n: int) -> tuple[float, ...]:
@@ -106,7 +101,7 @@ def _first_seen(rankings: Sequence[Sequence[Hit]]) -> dict[str, Hit]:
 
 def reciprocal_rank_fusion(rankings: Sequence[Sequence[Hit]], k: int = 60) -> list[Hit]:
     """Fuse rankings by sum of 1 / (k + rank), ranks from 1; ties by chunk id."""
-    _check_int("k", k, 0)
+    check_int("k", k, 0)
     scores: dict[str, float] = {}
     for ranking in rankings:
         for rank, hit in enumerate(ranking, start=1):
@@ -127,7 +122,7 @@ def _normalised(ranking: Sequence[Hit], normalization: Normalization) -> dict[st
 def weighted_fusion(rankings: Sequence[Sequence[Hit]], weights: Sequence[float],
                     normalization: Normalization = "minmax") -> list[Hit]:
     """Fuse rankings by the weighted sum of their (min-max normalised) scores; absent = 0."""
-    _check_choice("normalization", normalization, NORMALIZATIONS)
+    check_choice("normalization", normalization, NORMALIZATIONS)
     values = _check_weights(weights, len(rankings))
     scores: dict[str, float] = {}
     for ranking, weight in zip(rankings, values, strict=True):
@@ -155,7 +150,7 @@ def _unit_rows(array: np.ndarray) -> np.ndarray:
 def mmr(query_vec: np.ndarray, hits: Sequence[Hit], vectors: np.ndarray,
         lambda_: float = 0.7, k: int = 10) -> list[Hit]:
     """Up to k hits picked by maximal marginal relevance (`vectors[i]` embeds `hits[i]`)."""
-    _check_int("k", k, 1)
+    check_int("k", k, 1)
     if not 0.0 <= lambda_ <= 1.0:
         raise ValueError(f"lambda_ must be between 0 and 1, got {lambda_!r}")
     vecs = _unit_rows(np.asarray(vectors, dtype=np.float64))
@@ -191,10 +186,10 @@ class Retriever:
     mmr_lambda: float | None = None
 
     def __post_init__(self) -> None:
-        _check_choice("mode", self.mode, MODES)
-        _check_choice("fusion", self.fusion, FUSIONS)
-        _check_int("candidates", self.candidates, 1)
-        _check_int("rrf_k", self.rrf_k, 0)
+        check_choice("mode", self.mode, MODES)
+        check_choice("fusion", self.fusion, FUSIONS)
+        check_int("candidates", self.candidates, 1)
+        check_int("rrf_k", self.rrf_k, 0)
         object.__setattr__(self, "weights", _check_weights(self.weights, 2))
         if self.feedback is not None and not isinstance(self.feedback, Feedback):
             raise TypeError(f"feedback must be a Feedback or None, got "
@@ -207,7 +202,7 @@ class Retriever:
     def search(self, query: str, k: int, filter: dict[str, Any] | None = None) -> list[Hit]:
         """The top k chunks for `query` (restricted by `filter`, as in `Store`); with
         `mmr_lambda`, k picked by MMR from the top `candidates` of the ranking."""
-        _check_int("k", k, 1)
+        check_int("k", k, 1)
         if self.mmr_lambda is None:
             return self._ranked(query, k, filter)
         hits = self._ranked(query, max(k, self.candidates), filter)
@@ -251,7 +246,7 @@ class Retriever:
 
     def fuse(self, bm25_hits: Sequence[Hit], dense_hits: Sequence[Hit], k: int) -> list[Hit]:
         """The top k of the fusion of the first `candidates` hits of each list."""
-        _check_int("k", k, 1)
+        check_int("k", k, 1)
         lists = [list(bm25_hits[:self.candidates]), list(dense_hits[:self.candidates])]
         if self.fusion == "rrf":
             return reciprocal_rank_fusion(lists, self.rrf_k)[:k]
@@ -305,7 +300,7 @@ def rescored(hits: Sequence[Hit], scores: Sequence[float], k: int,
     """The top k of `hits` by new `scores` (ties by chunk id), or, with a first-stage weight
     w > 0, by the weighted fusion of the new ranking (1 - w) and the given one (w): what
     every reranker returns."""
-    _check_int("k", k, 1)
+    check_int("k", k, 1)
     scored = [replace(hit, score=float(s)) for hit, s in zip(hits, scores, strict=True)]
     if first_stage_weight == 0.0:
         return sorted(scored, key=lambda h: (-h.score, h.chunk_id))[:k]

@@ -28,6 +28,7 @@ from typing import Any
 
 from llmsys.agent.tools import Tool, tool
 from llmsys.rag.answer import DocumentCatalog, Searcher, store_of
+from llmsys.rag.checks import check_int
 from llmsys.rag.store import Hit, Store
 
 __all__ = ["NO_RESULTS", "format_passages", "rag_search_tool"]
@@ -35,9 +36,6 @@ __all__ = ["NO_RESULTS", "format_passages", "rag_search_tool"]
 NO_RESULTS = "No results found."
 
 
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
 def _passage(number: int, hit: Hit, catalog: DocumentCatalog, max_chars: int) -> str:
@@ -58,7 +56,7 @@ def _passage(number: int, hit: Hit, catalog: DocumentCatalog, max_chars: int) ->
 
 def format_passages(hits: list[Hit], catalog: DocumentCatalog, max_chars: int = 2000) -> str:
     """The tool's observation for `hits` (see the module docstring)."""
-    _check_int("max_chars", max_chars, 1)
+    check_int("max_chars", max_chars, 1)
     if not hits:
         return NO_RESULTS
     return "\n\n".join(_passage(i, hit, catalog, max_chars) for i, hit in enumerate(hits, 1))
@@ -71,8 +69,8 @@ def rag_search_tool(retriever: Searcher, k: int = 5, *, name: str = "search",
     if not callable(getattr(retriever, "search", None)):
         raise TypeError(f"retriever must have search(query, k, filter), got "
                         f"{type(retriever).__name__}")
-    _check_int("k", k, 1)
-    _check_int("max_passage_chars", max_passage_chars, 1)
+    check_int("k", k, 1)
+    check_int("max_passage_chars", max_passage_chars, 1)
     if filter is not None and not isinstance(filter, dict):
         raise TypeError(f"filter must be a dict or None, got {type(filter).__name__}")
     catalog = DocumentCatalog(store_of(retriever, store))

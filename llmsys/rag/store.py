@@ -63,6 +63,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from llmsys.rag.bm25 import Analyzer, BM25Index, BM25Params
+from llmsys.rag.checks import check_int
 from llmsys.rag.chunking import Chunk
 from llmsys.rag.embeddings import embedder_name
 from llmsys.rag.faiss_index import FaissHNSWIndex
@@ -588,7 +589,7 @@ class Store:
     def search_bm25(self, query: str, k: int, filter: dict[str, Any] | None = None
                     ) -> list[Hit]:
         """Top `k` chunks by BM25 (scores as from `BM25Index.search` over every chunk)."""
-        _check_k(k)
+        check_int("k", k, 1)
         self._sync()
         allowed = None if filter is None else set(self._allowed_ids(filter))
         ranked = self._index.search(self.analyzer.analyze(query), k, allowed=allowed)
@@ -598,14 +599,14 @@ class Store:
                      ) -> list[Hit]:
         """Top `k` chunks by cosine similarity to the query embedding (exact KNN, or
         approximate through `vector_index` when the store has one)."""
-        _check_k(k)
+        check_int("k", k, 1)
         return self.search_dense_vector(self._embed([query])[0], k, filter)
 
     def search_dense_vector(self, vector: np.ndarray, k: int,
                             filter: dict[str, Any] | None = None) -> list[Hit]:
         """`search_dense` for a query vector of the embedder's dimension (e.g. one moved
         by `feedback.rocchio`)."""
-        _check_k(k)
+        check_int("k", k, 1)
         vector = np.asarray(vector, dtype=np.float32)
         if vector.shape != (self.embedder.dim,) or not np.isfinite(vector).all():
             raise ValueError(f"vector must be {self.embedder.dim} finite numbers, got shape "
@@ -696,7 +697,7 @@ class Store:
                           filter: dict[str, Any] | None = None) -> list[Hit]:
         """`search_bm25` for an analysed, weighted query (term -> weight > 0), e.g. one
         expanded by `feedback.rm3_weights`."""
-        _check_k(k)
+        check_int("k", k, 1)
         self._sync()
         allowed = None if filter is None else set(self._allowed_ids(filter))
         return self._hits(self._index.search_weighted(weights, k, allowed=allowed))
@@ -753,6 +754,3 @@ class Store:
         return problems
 
 
-def _check_k(k: int) -> None:
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"k must be an int >= 1, got {k!r}")
