@@ -203,22 +203,26 @@ class Retriever:
         """The top k chunks for `query` (restricted by `filter`, as in `Store`); with
         `mmr_lambda`, k picked by MMR from the top `candidates` of the ranking."""
         check_int("k", k, 1)
+        vector = self.store.embed([query])[0] if self.mode != "bm25" or self.mmr_lambda \
+            is not None else None   # embedded once, for the dense side and for MMR
         if self.mmr_lambda is None:
-            return self._ranked(query, k, filter)
-        hits = self._ranked(query, max(k, self.candidates), filter)
+            return self._ranked(query, vector, k, filter)
+        hits = self._ranked(query, vector, max(k, self.candidates), filter)
         if not hits:
             return hits
         vectors = self.store.vectors([h.chunk_id for h in hits])
-        return mmr(self.store.embed([query])[0], hits, vectors, float(self.mmr_lambda), k)
+        return mmr(vector, hits, vectors, float(self.mmr_lambda), k)
 
-    def _ranked(self, query: str, k: int, filter: dict[str, Any] | None) -> list[Hit]:
+    def _ranked(self, query: str, vector: np.ndarray | None, k: int,
+                filter: dict[str, Any] | None) -> list[Hit]:
         if self.mode == "bm25":
             return self.search_bm25(query, k, filter)
+        assert vector is not None
         if self.mode == "dense":
-            return self.search_dense(query, k, filter)
+            return self._dense(vector, k, filter)
         depth = max(k, self.candidates)
         return self.fuse(self.search_bm25(query, depth, filter),
-                         self.search_dense(query, depth, filter), k)
+                         self._dense(vector, depth, filter), k)
 
     def search_bm25(self, query: str, k: int, filter: dict[str, Any] | None = None
                     ) -> list[Hit]:
@@ -235,10 +239,13 @@ class Retriever:
     def search_dense(self, query: str, k: int, filter: dict[str, Any] | None = None
                      ) -> list[Hit]:
         """Dense search, from a Rocchio-moved query vector when `feedback` asks for it."""
+        check_int("k", k, 1)
+        return self._dense(self.store.embed([query])[0], k, filter)
+
+    def _dense(self, vector: np.ndarray, k: int, filter: dict[str, Any] | None) -> list[Hit]:
         fb = self.feedback
         if fb is None or not fb.dense:
-            return self.store.search_dense(query, k, filter)
-        vector = self.store.embed([query])[0]
+            return self.store.search_dense_vector(vector, k, filter)
         first = self.store.search_dense_vector(vector, fb.dense_docs, filter)
         moved = rocchio(vector, self.store.vectors([h.chunk_id for h in first]),
                         fb.dense_weight)
