@@ -100,7 +100,7 @@ class CpuRotary(Rotary):
     def forward(self, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         rows = _decode_rows(q, row_dims=2)  # q (B, T, H, D): a row per token
-        if not rows or q.shape[-1] != cos.shape[-1] or cos.dtype != q.dtype:
+        if not rows or not q.is_cpu or q.shape[-1] != cos.shape[-1] or cos.dtype != q.dtype:
             return super().forward(q, k, cos, sin)
         D = q.shape[-1]
         qr, kr = self.module.rotary(q.reshape(rows, -1, D), k.reshape(rows, -1, D),
@@ -133,9 +133,13 @@ def _swap_fused(child: nn.Module, module: ModuleType) -> bool:
 
 
 def use_cpu_kernels(model: nn.Module, compiled: bool = True) -> int:
-    """Swap the model's CPU `nn.Linear`s for `CpuLinear` and `RMSNorm`s for `CpuRMSNorm`
-    where that is faster. Parameters are shared, not copied (ties survive). `compiled=False`
-    keeps to the PyTorch paths. Returns how many modules were swapped."""
+    """Swap the model's CPU `nn.Linear`s for `CpuLinear`, `RMSNorm`s for `CpuRMSNorm`, and
+    `Rotary` and `MLP` for their fused decode kernels, where that is faster; a model with no
+    CPU parameters is left alone (and nothing is compiled). Parameters are shared, not
+    copied (ties survive). `compiled=False` keeps to the PyTorch paths. Returns how many
+    modules were swapped."""
+    if not any(p.device.type == "cpu" for p in model.parameters()):
+        return 0  # a model on another device: nothing to swap, nothing to compile
     swapped = 0
     module = kernels() if compiled else None
     for parent in list(model.modules()):

@@ -143,6 +143,16 @@ def test_float32_models_without_kernels_are_left_alone(tmp_path):
     assert use_cpu_kernels(model, compiled=False) == 0
 
 
+def test_a_model_on_another_device_is_left_alone(tmp_path, monkeypatch):
+    path = make_tiny_checkpoint("llama", tmp_path)
+    model, _ = load_model(path, dtype="float32")
+    model.to("meta")                       # no CPU parameter left (as on a GPU)
+    monkeypatch.setattr(cpu_modules, "kernels", lambda: pytest.fail("compiled for a non-CPU "
+                                                                   "model"))
+    assert use_cpu_kernels(model) == 0
+    assert not any(type(m) in (CpuRotary, CpuMLP, CpuLinear, CpuRMSNorm) for m in model.modules())
+
+
 def _random_paged(draw_lens: list[int], hkv: int, g: int, d: int, bs: int, dtype: torch.dtype,
                   seed: int):
     """Decode queries and a cache whose blocks are handed out in shuffled order."""
