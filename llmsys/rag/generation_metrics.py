@@ -191,20 +191,28 @@ def _excerpt(text: str, limit: int = 200) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
-def parse_json_reply(text: str | None) -> Any:
+def parse_json_reply(text: str | None, key: str | None = None) -> Any:
     """The first JSON object or array in a judge reply (code fences and surrounding prose
-    ignored); JudgeReplyError if there is none."""
+    ignored); with `key`, the first object holding `key` wins over any earlier value (so a
+    "[1]" in the prose before the answer is not taken for it). JudgeReplyError if none."""
     if not isinstance(text, str) or not text.strip():
         raise JudgeReplyError("the judge returned no text")
     decoder = json.JSONDecoder()
+    first: Any = None
     for i, char in enumerate(text):
         if char in "{[":
             try:
                 value, _ = decoder.raw_decode(text, i)
             except json.JSONDecodeError:
                 continue
-            if isinstance(value, dict | list):
+            if key is not None and isinstance(value, dict) and key in value:
                 return value
+            if isinstance(value, dict | list) and first is None:
+                if key is None:
+                    return value
+                first = value
+    if first is not None:
+        return first
     raise JudgeReplyError(f"unparseable judge reply (no JSON object or array): {_excerpt(text)}")
 
 
@@ -248,7 +256,7 @@ def _one_verdict(item: Any) -> tuple[int | None, bool | None, str]:
 
 
 def _parse_verdicts(text: str, claims: list[str]) -> list[ClaimVerdict]:
-    value = parse_json_reply(text)
+    value = parse_json_reply(text, "verdicts")
     items = value.get("verdicts") if isinstance(value, dict) else value
     if not isinstance(items, list):
         raise JudgeReplyError(f"unparseable judge reply (expected a 'verdicts' list): "
@@ -268,7 +276,7 @@ def _parse_verdicts(text: str, claims: list[str]) -> list[ClaimVerdict]:
 
 
 def _parse_questions(text: str, n: int) -> tuple[list[str], bool]:
-    value = parse_json_reply(text)
+    value = parse_json_reply(text, "questions")
     questions = _strings(value, "questions", text)[:n]
     noncommittal = _truth(value.get("noncommittal", False)) if isinstance(value, dict) else False
     if noncommittal is None:
@@ -323,7 +331,7 @@ def faithfulness(question: str, answer: str, contexts: Sequence[str], judge: Cha
     text = _ask(judge, CLAIMS_PROMPT, claims_message(question, answer), config,
                 "claim extraction", usage)
     try:
-        claims = _strings(parse_json_reply(text), "claims", text or "")
+        claims = _strings(parse_json_reply(text, "claims"), "claims", text or "")
     except JudgeReplyError as e:
         return FaithfulnessResult(None, error=f"claim extraction: {e}", usage=usage)
     if not claims:

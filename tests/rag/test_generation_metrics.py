@@ -191,6 +191,19 @@ def test_verdict_shapes(shared: ScriptedChatServer, verdicts: str) -> None:
     assert [v.supported for v in result.claims] == [True, False, True]
 
 
+def test_a_bracketed_claim_number_before_the_json_is_not_the_verdict(
+        shared: ScriptedChatServer) -> None:
+    reply = ('Checking claim [1] against the context: '
+             '{"verdicts": [{"claim": 1, "supported": false}]}')
+    assert parse_json_reply(reply, "verdicts") == {"verdicts": [{"claim": 1,
+                                                                "supported": False}]}
+    assert parse_json_reply(reply) == [1]           # without a key: the first value
+    with shared.play([{"content": '{"claims": ["Ann wrote it."]}'}, {"content": reply}]) \
+            as server:
+        result = faithfulness("Who?", "Ann wrote it.", ["Bob wrote it."], judge_for(server))
+    assert result.score == 0.0 and result.error is None
+
+
 def test_parse_json_reply() -> None:
     assert parse_json_reply('```json\n{"a": "}{"}\n```') == {"a": "}{"}
     assert parse_json_reply('Sure! [1, {"b": 2}] and more {"c": 3}') == [1, {"b": 2}]
