@@ -184,11 +184,12 @@ class DocumentCatalog:
 
 
 def store_of(retriever: Any, store: Store | None) -> Store | None:
-    """`store` if given, else the retriever's `store` attribute when it is a `Store`."""
+    """`store` if given, else the retriever's `store` attribute when it has documents()
+    (the SQLite `Store` or the `QdrantStore`)."""
     if store is not None:
         return store
     candidate = getattr(retriever, "store", None)
-    return candidate if isinstance(candidate, Store) else None
+    return candidate if callable(getattr(candidate, "documents", None)) else None
 
 
 # ----------------------------------------------------------------------------- sources
@@ -354,9 +355,10 @@ class RAG:
                                       or value != value):
                 raise ValueError(f"{name} must be a number or None, got {value!r}")
         store = store_of(self.retriever, self.store)
-        if self.min_similarity is not None and store is None:
-            raise ValueError("min_similarity needs the store (its embedder and vectors): pass "
-                             "store=, or a retriever with a .store")
+        if self.min_similarity is not None and not all(
+                callable(getattr(store, name, None)) for name in ("embed", "vectors")):
+            raise ValueError("min_similarity needs the store, one with embed() and vectors() "
+                             "(the SQLite Store): pass store=, or a retriever with a .store")
         self.catalog = DocumentCatalog(store)
 
     @property

@@ -191,6 +191,11 @@ class TransformingRetriever:
             raise ValueError("mode 'hyde' needs a 'dense' or 'hybrid' retriever, got a "
                              "'bm25' one")
 
+    @property
+    def store(self) -> Any:
+        """The wrapped retriever's store (for titles, sources and relevance checks)."""
+        return self.retriever.store
+
     def search(self, query: str, k: int, filter: dict[str, Any] | None = None) -> list[Hit]:
         """The top k chunks for `query` after transforming it (see the module docstring)."""
         _check_query(query)
@@ -224,8 +229,8 @@ class TransformingRetriever:
             text = f"{query}\n\n{passage}"
         else:
             text = passage
-        store, depth = self.retriever.store, self._depth(k)
-        dense = store.search_dense(text, depth, filter)
+        depth = self._depth(k)  # through the retriever, so its feedback settings apply
+        dense = self.retriever.search_dense(text, depth, filter)
         if self.retriever.mode == "dense":
             return dense[:k]
-        return self.retriever.fuse(store.search_bm25(query, depth, filter), dense, k)
+        return self.retriever.fuse(self.retriever.search_bm25(query, depth, filter), dense, k)

@@ -186,6 +186,18 @@ def test_hyde_searches_dense_with_the_passage_and_fuses_bm25(
     assert docs_of(store.search_dense(query, 2)) != ["d5", "d1"]    # the passage mattered
 
 
+def test_hyde_keeps_the_retrievers_feedback(chat: ScriptedChatServer, store: Store) -> None:
+    from llmsys.rag.feedback import Feedback
+    query = "how do I keep my ride running in the garden"
+    fed = Retriever(store, "hybrid", candidates=5, rrf_k=10,
+                    feedback=Feedback(docs=2, terms=5, dense_docs=1))
+    with chat.play(hyde_writer) as server:
+        got = TransformingRetriever(fed, model_for(server), mode="hyde").search(query, 3)
+    expected = fed.fuse(fed.search_bm25(query, 5), fed.search_dense(f"{query}\n\n{PASSAGE}", 5),
+                        3)
+    assert same(got, expected)
+
+
 def test_hyde_with_an_empty_passage_uses_the_query(chat: ScriptedChatServer, store: Store) -> None:
     retriever = Retriever(store, "dense", candidates=5)
     with chat.play([{"content": "  "}]) as server:
