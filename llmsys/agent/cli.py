@@ -17,6 +17,8 @@ import argparse
 import json
 import sys
 
+from llmsys.rag.cli import user_errors  # store, embeddings and endpoint errors: one line
+
 TOOL_SETS = ("calculator", "python", "web", "memory", "rag")
 
 
@@ -40,32 +42,37 @@ def add_agent_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--searx-url", default=None, help="SearxNG endpoint for web_search")
     r.add_argument("--rag-db", default=None,
                    help="store file for the rag tool's search (from `llmsys rag ingest`)")
+    r.add_argument("--embed-base-url", default=None,
+                   help="embeddings endpoint the --rag-db store was made with (default MiniLM)")
+    r.add_argument("--embed-model", default=None)
+    r.add_argument("--embed-api-key", default="none")
     r.add_argument("--yes", action="store_true", help="approve every tool call that asks")
     r.add_argument("--json", action="store_true", help="print only the RunResult as JSON")
-    r.set_defaults(func=cmd_agent_run)
+    r.set_defaults(func=user_errors(cmd_agent_run))
     t = agent.add_parser("trace", help="print a run's trace as JSON lines")
     t.add_argument("run_id")
     t.add_argument("--db", default="agent.db")
-    t.set_defaults(func=cmd_agent_trace)
+    t.set_defaults(func=user_errors(cmd_agent_trace))
 
 
-def _rag_search(rag_db: str | None):
+def _rag_search(args: argparse.Namespace):
     """The `search` tool over a RAG store file (hybrid retrieval with feedback)."""
     from pathlib import Path
 
-    if not rag_db or not Path(rag_db).is_file():
+    if not args.rag_db or not Path(args.rag_db).is_file():
         raise ValueError(f"--tools rag needs --rag-db FILE, a store made by `llmsys rag "
-                         f"ingest`; got {rag_db!r}")
+                         f"ingest`; got {args.rag_db!r}")
     from llmsys.rag.cli import store_at
     from llmsys.rag.feedback import Feedback
     from llmsys.rag.retrieval import Retriever
     from llmsys.rag.search_tool import rag_search_tool
 
-    return rag_search_tool(Retriever(store_at(rag_db), "hybrid", feedback=Feedback()))
+    store = store_at(args.rag_db, args.embed_base_url, args.embed_model, args.embed_api_key)
+    return rag_search_tool(Retriever(store, "hybrid", feedback=Feedback()))
 
 
-def _tools(names: list[str], db: str, session: str | None, searx_url: str | None,
-           rag_db: str | None = None):
+def _tools(names: list[str], args: argparse.Namespace):
+    db, session, searx_url = args.db, args.session, args.searx_url
     tools, memory = [], None
     for name in names:
         if name == "calculator":
@@ -88,7 +95,7 @@ def _tools(names: list[str], db: str, session: str | None, searx_url: str | None
             memory = Memory(db, embedder=MiniLMEmbedder())
             tools += memory_tools(memory, session_id=session)
         elif name == "rag":
-            tools.append(_rag_search(rag_db))
+            tools.append(_rag_search(args))
         else:
             raise ValueError(f"unknown tool set {name!r}; choose from {', '.join(TOOL_SETS)}")
     return tools, memory
@@ -98,8 +105,9 @@ def cmd_agent_run(args: argparse.Namespace) -> None:
     from llmsys.agent.agent import DEFAULT_INSTRUCTIONS, Agent, EndState, Limits
     from llmsys.agent.chat_model import ChatModel
 
-    names = [] if args.tools == "none" else [n.strip() for n in args.tools.split(",") if n]
-    tools, memory = _tools(names, args.db, args.session, args.searx_url, args.rag_db)
+    names = [] if args.tools == "none" else [n.strip() for n in args.tools.split(",")
+                                             if n.strip()]
+    tools, memory = _tools(names, args)
     if args.session and memory is None:
         raise ValueError("--session needs the memory tools (--tools ...,memory)")
     limits = Limits(max_steps=args.max_steps, max_total_tokens=args.max_tokens,
@@ -131,7 +139,12 @@ def _ask_approval(pending, yes: bool) -> dict[str, bool]:
         if yes:
             decisions[call.id] = True
         elif sys.stdin.isatty():
-            answer = input(f"run {call.name}({call.arguments})? [y/N] ").strip().lower()
+            print(f"run {call.name}({call.arguments})? [y/N] ", end="", file=sys.stderr,
+                  flush=True)
+            try:
+                answer = input().strip().lower()
+            except EOFError:  # Ctrl-D: no
+                answer = ""
             decisions[call.id] = answer in ("y", "yes")
         else:
             decisions[call.id] = False

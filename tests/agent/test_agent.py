@@ -461,6 +461,15 @@ def test_cli_run_streams_and_prints_json(tmp_path) -> None:
     assert "Traceback" not in down.stderr
 
 
+def test_cli_trace_of_a_file_that_is_not_a_trace_db_is_one_line(tmp_path, capsys) -> None:
+    from llmsys.cli import main
+    bad = tmp_path / "notes.db"
+    bad.write_text("not sqlite\n")
+    assert main(["agent", "trace", "run-1", "--db", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "notes.db is not a usable trace file" in err and "Traceback" not in err
+
+
 class WordEmbedder:
     """A tiny deterministic embedder (hashed bag of words) so these tests need no model."""
 
