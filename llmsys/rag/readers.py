@@ -265,10 +265,11 @@ def _read_html(file: _File) -> list[SourceDocument]:
 
 def _read_pdf(file: _File) -> list[SourceDocument]:
     reader = _open_pdf(file)
+    pages = _pages(file, reader)
     parts: list[str] = []
     sections: list[Section] = []
     start = 0
-    for number, page in enumerate(reader.pages, 1):
+    for number, page in enumerate(pages, 1):
         text = _page_text(file, page, number).strip()
         if not text:
             continue
@@ -278,9 +279,9 @@ def _read_pdf(file: _File) -> list[SourceDocument]:
         sections.append(Section(start, start + len(text), page=number))
         start += len(text)
     if not parts:
-        raise ReaderError(f"{file.path}: no extractable text in its {len(reader.pages)} "
+        raise ReaderError(f"{file.path}: no extractable text in its {len(pages)} "
                           "page(s) (a scanned PDF? run OCR on it first)")
-    metadata = {"format": "pdf", "pages": len(reader.pages)}
+    metadata = {"format": "pdf", "pages": len(pages)}
     return [SourceDocument(file.doc_id, "\n\n".join(parts), _pdf_title(reader), file.source,
                            metadata, tuple(sections))]
 
@@ -301,6 +302,17 @@ def _open_pdf(file: _File) -> Any:
         raise ReaderError(f"{file.path}: encrypted PDF that needs a password; save a "
                           "decrypted copy and read that")
     return reader
+
+
+def _pages(file: _File, reader: Any) -> list[Any]:
+    """The PDF's pages (its page tree is parsed here: a broken one is a ReaderError)."""
+    from pypdf.errors import PyPdfError
+
+    try:
+        return list(reader.pages)
+    except (PyPdfError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ReaderError(f"{file.path}: unreadable PDF page tree ({type(e).__name__}: {e})"
+                          ) from None
 
 
 def _pdf_title(reader: Any) -> str | None:

@@ -191,6 +191,18 @@ def test_pdf_pages_sections_and_locate(tmp_path: Path) -> None:
     assert doc.locate(15) is None                      # the blank line between pages
 
 
+def test_pdf_with_a_broken_page_tree_is_skipped_in_a_walk(tmp_path: Path) -> None:
+    broken = make_pdf(["Hello page one"]).replace(b"/Kids [4 0 R]", b"/Kids (4 0 R)")
+    write(tmp_path / "broken.pdf", broken)
+    write(tmp_path / "notes.txt", "plain notes\n")
+    skipped: list[Skipped] = []
+    assert [d.doc_id for d in read_path(tmp_path, skipped=skipped)] == ["notes.txt"]
+    assert [s.path for s in skipped] == [str(tmp_path / "broken.pdf")]
+    assert "unreadable PDF page tree" in skipped[0].reason
+    with pytest.raises(ReaderError, match=r"broken\.pdf: unreadable PDF page tree"):
+        list(read_path(tmp_path / "broken.pdf"))
+
+
 def test_pdf_blank_page_keeps_numbering_and_errors(tmp_path: Path) -> None:
     from pypdf import PdfReader, PdfWriter
 
