@@ -48,10 +48,12 @@ ten times as wide, which keeps filtered recall near unfiltered recall). That mak
 selective filter expensive in the graph, while scoring its few candidates exactly with numpy
 (on the index's own normalised copies of the vectors, no SQL round trip) is cheap and exact.
 So the exact scan is used when it costs less: with `exact_max=None` (the default) when
-n * n < 8 * max(ef_search, k) * positions for n candidates (one graph step costs about as
-much as scoring 8 vectors: measured on 100k x 384 vectors, one thread, M=32), e.g. up to
-about 7,000 candidates of 100,000; an int `exact_max` fixes the threshold instead (0: always
-the graph). If the graph yields fewer than k candidates, the exact scan answers.
+n * n < 8 * max(ef_search, k) * positions for n candidates (a rough cost model: one graph
+step taken as the price of scoring 8 vectors, from a one-off timing on 100k x 384 vectors,
+not a benchmark kept in the repository; `benchmarks/rag_faiss.py` times the 1% and 10%
+filters on either side of it), e.g. up to about 7,000 candidates of 100,000; an int
+`exact_max` fixes the threshold instead (0: always the graph). If the graph yields fewer
+than k candidates, the exact scan answers.
 Results are (chunk id, cosine) pairs, best first, ties by chunk id (the graph search is
 widened while the k-th score is tied).
 
@@ -87,8 +89,7 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 SIDE_SUFFIX = ".faiss"
-_POINT_LOOKUPS_MAX = 256  # above this many new vectors, one scan of vec_chunks is cheaper
-_GRAPH_STEP_COST = 8  # one HNSW search step costs about as much as scoring 8 vectors exactly
+_GRAPH_STEP_COST = 8  # one HNSW search step taken as the cost of scoring 8 vectors exactly
 
 
 def _faiss() -> Any:
@@ -408,17 +409,12 @@ class FaissHNSWIndex:
     def _fetch_vectors(self, rowids: list[int]) -> list[np.ndarray | None]:
         """The stored embeddings of these rowids, in order (None where a vector is missing)."""
         conn = self._require_open()
-        if len(rowids) <= _POINT_LOOKUPS_MAX:
-            found = {}
-            for rowid in rowids:
-                row = conn.execute("SELECT embedding FROM vec_chunks WHERE rowid = ?",
-                                   (rowid,)).fetchone()
-                if row is not None:
-                    found[rowid] = row[0]
-        else:
-            wanted = set(rowids)
-            found = {r: blob for r, blob in conn.execute("SELECT rowid, embedding FROM "
-                                                         "vec_chunks") if r in wanted}
+        found = {}  # point lookups (a few microseconds each); only a rebuild scans the table
+        for rowid in rowids:
+            row = conn.execute("SELECT embedding FROM vec_chunks WHERE rowid = ?",
+                               (rowid,)).fetchone()
+            if row is not None:
+                found[rowid] = row[0]
         out: list[np.ndarray | None] = []
         for rowid in rowids:
             blob = found.get(rowid)
@@ -453,9 +449,7 @@ class FaissHNSWIndex:
                 "(SELECT value FROM json_each(?))", (json.dumps(list(added)),)))
             in_step = len(rows) == len(added) and not any(c in self._pos for c in rows)
             if in_step:
-                self._add(list(rows.items()))
-                in_step = len(self._pos) == conn.execute("SELECT count(*) FROM chunks"
-                                                         ).fetchone()[0]
+                in_step = self._add(list(rows.items())) == len(rows)  # every vector found
         if not in_step:
             self._catch_up()
             return
@@ -494,12 +488,13 @@ class FaissHNSWIndex:
         if chunk_ids:
             self._selector_cache = None
 
-    def _add(self, pairs: list[tuple[str, int]]) -> None:
-        """Add (chunk id, rowid) pairs, reading their vectors (skipping missing ones)."""
+    def _add(self, pairs: list[tuple[str, int]]) -> int:
+        """Add (chunk id, rowid) pairs, reading their vectors (skipping missing ones);
+        returns how many were added."""
         vectors = self._fetch_vectors([r for _, r in pairs])
         keep = [i for i, v in enumerate(vectors) if v is not None]
         if not keep:
-            return
+            return 0
         start = self._index.ntotal
         self._index.add(_normalised(np.stack([vectors[i] for i in keep])))
         for offset, i in enumerate(keep):
@@ -508,6 +503,7 @@ class FaissHNSWIndex:
             self._rowids.append(rowid)
             self._pos[cid] = start + offset
         self._selector_cache = None
+        return len(keep)
 
     def _finish_change(self, n: int) -> None:
         self._changes += n
