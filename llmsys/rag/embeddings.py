@@ -53,7 +53,8 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -202,9 +203,9 @@ class OpenAIEmbedder:
     def __init__(self, base_url: str, model: str, api_key: str = "none", batch_size: int = 64,
                  timeout: float = 30, dimensions: int | None = None,
                  retry: RetryPolicy | None = None) -> None:
-        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must be an http:// or https:// URL such as "
-                             f"'http://127.0.0.1:8000/v1', got {base_url!r}")
+        if not isinstance(base_url, str) or not _is_http_url(base_url):
+            raise ValueError(f"base_url must be an http:// or https:// URL with a host, such "
+                             f"as 'http://127.0.0.1:8000/v1', got {base_url!r}")
         if not isinstance(model, str) or not model.strip():
             raise ValueError(f"model must be a non-empty string, got {model!r}")
         _check_int("batch_size", batch_size, 1)
@@ -279,9 +280,14 @@ class OpenAIEmbedder:
                 time.sleep(self.retry.delay(attempt - 1, _retry_after(last_response)))
             try:
                 response = self._client.post(self.url, json=body)
+            except httpx.UnsupportedProtocol as e:  # a bad URL: retrying cannot help
+                raise EmbeddingError(f"POST {self.url}: {e}") from None
             except httpx.TransportError as e:
                 last, last_response = f"{type(e).__name__}: {str(e) or 'no detail'}", None
                 continue
+            except httpx.HTTPError as e:  # too many redirects, a body that cannot be decoded
+                raise EmbeddingError(f"POST {self.url} (model {self.model!r}) failed: "
+                                     f"{type(e).__name__}: {e}") from None
             if _transient(response.status_code):
                 last = f"HTTP {response.status_code}: {_server_message(response)}"
                 last_response = response
@@ -294,6 +300,16 @@ class OpenAIEmbedder:
         status = last_response.status_code if last_response is not None else None
         raise EmbeddingError(f"POST {self.url} (model {self.model!r}) failed after "
                              f"{self.retry.attempts} attempts; last error: {last}", status=status)
+
+
+def _is_http_url(url: str) -> bool:
+    import httpx
+
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        return False
+    return parsed.scheme in ("http", "https") and bool(parsed.host)
 
 
 def _http_client(api_key: str, timeout: float) -> httpx.Client:
@@ -428,7 +444,8 @@ class CachedEmbedder:
         texts = _check_texts(texts)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        shas = [hashlib.sha256(t.encode("utf-8")).hexdigest() for t in texts]
+        shas = [hashlib.sha256(t.encode("utf-8", errors="surrogatepass")).hexdigest()
+                for t in texts]
         found = self._lookup(sorted(set(shas)))
         missing = {sha: text for sha, text in zip(shas, texts) if sha not in found}
         if missing:
@@ -453,8 +470,7 @@ class CachedEmbedder:
 
     def __len__(self) -> int:
         """How many vectors of this embedder the file holds."""
-        with self._lock:
-            conn = self._open_conn()
+        with self._cache() as conn:
             row = conn.execute("SELECT count(*) FROM embeddings WHERE model = ?",
                                (self.name,)).fetchone()
         return int(row[0])
@@ -462,15 +478,21 @@ class CachedEmbedder:
     def __repr__(self) -> str:
         return f"CachedEmbedder({self.embedder!r}, {str(self.path)!r})"
 
-    def _open_conn(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise ValueError(f"CachedEmbedder({str(self.path)!r}) is closed")
-        return self._conn
+    @contextmanager
+    def _cache(self) -> Iterator[sqlite3.Connection]:
+        """The cache connection, under the lock; an SQLite failure (locked past the busy
+        timeout, a full disk, a read-only file) becomes an EmbeddingError naming the file."""
+        with self._lock:
+            if self._conn is None:
+                raise ValueError(f"CachedEmbedder({str(self.path)!r}) is closed")
+            try:
+                yield self._conn
+            except sqlite3.Error as e:
+                raise EmbeddingError(f"embedding cache {str(self.path)!r}: {e}") from None
 
     def _lookup(self, shas: list[str]) -> dict[str, np.ndarray]:
         found: dict[str, np.ndarray] = {}
-        with self._lock:
-            conn = self._open_conn()
+        with self._cache() as conn:
             for start in range(0, len(shas), SQL_BATCH):
                 chunk = shas[start:start + SQL_BATCH]
                 marks = ",".join("?" * len(chunk))
@@ -486,8 +508,7 @@ class CachedEmbedder:
                                  f"{len(missing)} texts; expected ({len(missing)}, dim)")
         dim = int(vectors.shape[1])
         rows = [(self.name, sha, dim, vector.tobytes()) for sha, vector in zip(missing, vectors)]
-        with self._lock:
-            conn = self._open_conn()
+        with self._cache() as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 conn.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?)", rows)

@@ -215,6 +215,8 @@ def test_connection_errors_are_retried_then_reported() -> None:
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"base_url": "localhost:8000"}, "base_url must be an http"),
+    ({"base_url": "http://[::1/v1"}, "base_url must be an http"),
+    ({"base_url": "http:///v1"}, "base_url must be an http"),
     ({"model": ""}, "model must be a non-empty string"),
     ({"batch_size": 0}, "batch_size must be an integer >= 1, got 0"),
     ({"timeout": 0}, "timeout must be a finite number of seconds > 0"),
@@ -386,3 +388,14 @@ def test_cached_minilm_matches_direct_and_ranks(minilm, tmp_path: Path) -> None:
     np.testing.assert_allclose(second, direct[::-1], atol=1e-6)
     query, paraphrase, unrelated = first
     assert float(query @ paraphrase) > float(query @ unrelated) + 0.3
+
+
+def test_a_failing_cache_file_is_an_embedding_error(tmp_path: Path) -> None:
+    cache = CachedEmbedder(CountingEmbedder(), tmp_path / "cache.db")
+    cache.embed(["warm"])
+    cache._conn.execute("DROP TABLE embeddings")        # the file broke under us
+    with pytest.raises(EmbeddingError, match="embedding cache .*cache.db.*no such table"):
+        cache.embed(["warm"])
+    with pytest.raises(EmbeddingError, match="no such table"):
+        len(cache)
+    cache.close()
