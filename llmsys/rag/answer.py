@@ -158,9 +158,9 @@ class Answer:
 # ----------------------------------------------------------------------------- documents
 
 class DocumentCatalog:
-    """Title and source of each document id, read from a store's document rows when an id is
-    first asked for (all rows are re-read when an unknown id comes up; an id still unknown
-    then gets (None, doc id) from then on)."""
+    """Title and source of each document id, read from the store when an id is first asked
+    for (its one row from the SQLite store; from a store without `document(doc_id)` all rows
+    are re-read); an id still unknown then gets (None, doc id) from then on."""
 
     def __init__(self, store: Store | None) -> None:
         if store is not None and not callable(getattr(store, "documents", None)):
@@ -179,7 +179,13 @@ class DocumentCatalog:
 
     def _lookup(self, doc_id: str) -> tuple[str | None, str]:
         if doc_id not in self._rows and self.store is not None:
-            self._rows = {d.doc_id: (d.title, d.source) for d in self.store.documents()}
+            one = getattr(self.store, "document", None)
+            if callable(one):  # the SQLite store: one row per new document
+                found = one(doc_id)
+                if found is not None:
+                    self._rows[doc_id] = found
+            else:
+                self._rows = {d.doc_id: (d.title, d.source) for d in self.store.documents()}
         return self._rows.setdefault(doc_id, (None, doc_id))  # a miss is not looked up again
 
 

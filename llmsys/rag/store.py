@@ -571,6 +571,12 @@ class Store:
         return [StoredDocument(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6])
                 for r in rows]
 
+    def document(self, doc_id: str) -> tuple[str | None, str] | None:
+        """(title, source) of a stored document, or None: one row, for citations."""
+        row = self._conn.execute("SELECT title, source FROM documents WHERE doc_id = ?",
+                                 (doc_id,)).fetchone()
+        return None if row is None else (row[0], row[1])
+
     def get_chunk(self, chunk_id: str) -> StoredChunk:
         """The chunk with this id; raises KeyError if there is none."""
         row = self._conn.execute(

@@ -397,3 +397,9 @@ def test_a_file_that_is_not_a_store_is_a_store_error(tmp_path: Path) -> None:
         "SELECT name FROM sqlite_master")} == {"accounts"}          # left untouched
     with pytest.raises(StoreError, match="cannot open the store file"):
         Store(tmp_path / "no-such-dir" / "x.db", WordsEmbedder())
+
+
+def test_document_row_lookup_equals_documents(store: Store) -> None:
+    for d in store.documents():
+        assert store.document(d.doc_id) == (d.title, d.source)
+    assert store.document("no-such-doc") is None
