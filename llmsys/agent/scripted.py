@@ -15,7 +15,8 @@ It simulates a model for agent tests and demos (the agent talks to it with the o
 `tool_calls` (a list of (name, arguments) pairs; arguments a dict or raw text, so broken
 JSON can be scripted), or `{"status": 400, "message": ...}` for an error answer, or a
 function of the request body returning such a dict. Usage is counted as about one token
-per four characters. A request after the script has run out gets a 500 naming the count.
+per four characters. A request after the script has run out, or one whose scripted
+function raises, gets a 400 saying so (a 400, so that the client does not retry it).
 """
 
 from __future__ import annotations
@@ -59,7 +60,6 @@ class ScriptedChatServer:
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
         self._start = 0                 # index in `requests` of the script's first request
-        self._exhausted_status = 500
 
     @property
     def base_url(self) -> str:
@@ -75,10 +75,9 @@ class ScriptedChatServer:
     @contextmanager
     def play(self, script: Sequence[Reply] | Callable[[dict], dict]) -> Iterator[Play]:
         """Replay `script` on this running server for the `with` block (one server serves a
-        whole test module). Replies are counted from the block's first request, and a request
-        past the end gets a 400 (the client does not retry it)."""
+        whole test module). Replies are counted from the block's first request."""
         with self._lock:
-            self.script, self._start, self._exhausted_status = script, len(self.requests), 400
+            self.script, self._start = script, len(self.requests)
         play = Play(self.base_url, self.requests, self._start)
         try:
             yield play
@@ -97,13 +96,14 @@ class ScriptedChatServer:
             index = len(self.requests) - self._start
             self.requests.append(body)
             script = self.script
-        if callable(script):
-            return script(body)
-        if index >= len(script):
-            return {"status": self._exhausted_status, "message": f"script exhausted: request "
-                    f"{index + 1} but only {len(script)} replies scripted"}
-        reply = script[index]
-        return reply(body) if callable(reply) else reply
+        if not callable(script) and index >= len(script):
+            return {"status": 400, "message": f"script exhausted: request {index + 1} but "
+                    f"only {len(script)} replies scripted"}
+        reply = script if callable(script) else script[index]
+        try:
+            return reply(body) if callable(reply) else reply
+        except Exception as e:  # a broken scripted function: say so, once (no retries)
+            return {"status": 400, "message": f"scripted reply failed: {e!r}"}
 
     def _completion(self, body: dict, reply: dict) -> dict:
         calls = [{"id": f"call_{next(self._counter)}", "type": "function", "function": {

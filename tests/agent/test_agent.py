@@ -515,3 +515,16 @@ def test_session_memory_survives_a_restart(tmp_path) -> None:
     runs = TraceStore(db).runs(session_id="s1")  # traces live in the same file
     assert [r["final_answer"] for r in runs] == ["You are Ada.", "Noted, Ada."]
     memory.close()
+
+
+def test_scripted_server_reports_a_broken_script_once() -> None:
+    from llmsys.agent.chat_model import ChatModel, ModelError
+
+    with ScriptedChatServer(lambda body: 1 / 0) as server:
+        with pytest.raises(ModelError, match="scripted reply failed: ZeroDivisionError") as e:
+            ChatModel(server.base_url, "scripted").complete([{"role": "user", "content": "hi"}])
+        assert e.value.status == 400 and len(server.requests) == 1      # not retried
+    with ScriptedChatServer([]) as server:
+        with pytest.raises(ModelError, match="script exhausted: request 1"):
+            ChatModel(server.base_url, "scripted").complete([{"role": "user", "content": "hi"}])
+        assert len(server.requests) == 1
