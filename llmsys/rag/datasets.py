@@ -43,6 +43,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llmsys.rag.metrics import utf8_lines
+
 __all__ = ["Collection", "DatasetError", "Document", "Query", "load_beir", "load_cranfield",
            "write_beir"]
 
@@ -161,19 +163,18 @@ def write_beir(collection: Collection, directory: str | Path, split: str = "test
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DatasetError(f"{path}:{line_no}: expected one JSON object per line "
-                                   f"({e.msg})") from None
-            if not isinstance(record, dict):
-                raise DatasetError(f"{path}:{line_no}: expected a JSON object, got "
-                                   f"{type(record).__name__}")
-            yield line_no, record
+    for line_no, line in utf8_lines(path, DatasetError):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"{path}:{line_no}: expected one JSON object per line "
+                               f"({e.msg})") from None
+        if not isinstance(record, dict):
+            raise DatasetError(f"{path}:{line_no}: expected a JSON object, got "
+                               f"{type(record).__name__}")
+        yield line_no, record
 
 
 def _json_id(path: Path, line_no: int, record: dict) -> str:
@@ -196,20 +197,19 @@ def _json_text(path: Path, line_no: int, record: dict, key: str,
 
 def _read_beir_qrels(path: Path, query_ids: set[str]) -> Qrels:
     qrels: Qrels = {}
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            line = line.rstrip("\r\n")
-            if not line.strip() or (line_no == 1 and line.startswith("query-id")):
-                continue
-            parts = line.split("\t")
-            if len(parts) != 3 or not re.fullmatch(r"-?\d+", parts[2].strip()):
-                raise DatasetError(f"{path}:{line_no}: expected 'query-id<TAB>corpus-id<TAB>"
-                                   f"score' with an integer score, got {line!r}")
-            query_id, doc_id, grade = parts[0].strip(), parts[1].strip(), int(parts[2])
-            if query_id not in query_ids:
-                raise DatasetError(f"{path}:{line_no}: query id {query_id!r} is not in "
-                                   f"queries.jsonl")
-            _add_judgment(qrels, query_id, doc_id, grade, f"{path}:{line_no}")
+    for line_no, line in utf8_lines(path, DatasetError):
+        line = line.rstrip("\r\n")
+        if not line.strip() or (line_no == 1 and line.startswith("query-id")):
+            continue
+        parts = line.split("\t")
+        if len(parts) != 3 or not re.fullmatch(r"-?\d+", parts[2].strip()):
+            raise DatasetError(f"{path}:{line_no}: expected 'query-id<TAB>corpus-id<TAB>"
+                               f"score' with an integer score, got {line!r}")
+        query_id, doc_id, grade = parts[0].strip(), parts[1].strip(), int(parts[2])
+        if query_id not in query_ids:
+            raise DatasetError(f"{path}:{line_no}: query id {query_id!r} is not in "
+                               f"queries.jsonl")
+        _add_judgment(qrels, query_id, doc_id, grade, f"{path}:{line_no}")
     return qrels
 
 
@@ -252,27 +252,26 @@ def _cranfield_documents(path: Path) -> list[Document]:
 
 def _cranfield_qrels(path: Path, n_queries: int, doc_ids: set[str]) -> Qrels:
     qrels: Qrels = {}
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 3 or not all(re.fullmatch(r"-?\d+", p) for p in parts):
-                raise DatasetError(f"{path}:{line_no}: expected 'query doc code' (three "
-                                   f"integers), got {line.strip()!r}")
-            query, doc_id, code = int(parts[0]), str(int(parts[1])), int(parts[2])
-            where = f"{path}:{line_no}"
-            if not 1 <= query <= n_queries:
-                raise DatasetError(f"{where}: query {query} is not a position in cran.qry "
-                                   f"(1..{n_queries})")
-            if doc_id not in doc_ids:
-                raise DatasetError(f"{where}: document {doc_id} is not in cran.all.1400")
-            if code in _CRANFIELD_NOT_RELEVANT:
-                continue
-            if code not in _CRANFIELD_GRADES:
-                raise DatasetError(f"{where}: relevance code {code} is not one of 1, 2, 3, 4, "
-                                   f"5 or -1")
-            _add_judgment(qrels, str(query), doc_id, _CRANFIELD_GRADES[code], where)
+    for line_no, line in utf8_lines(path, DatasetError):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 3 or not all(re.fullmatch(r"-?\d+", p) for p in parts):
+            raise DatasetError(f"{path}:{line_no}: expected 'query doc code' (three "
+                               f"integers), got {line.strip()!r}")
+        query, doc_id, code = int(parts[0]), str(int(parts[1])), int(parts[2])
+        where = f"{path}:{line_no}"
+        if not 1 <= query <= n_queries:
+            raise DatasetError(f"{where}: query {query} is not a position in cran.qry "
+                               f"(1..{n_queries})")
+        if doc_id not in doc_ids:
+            raise DatasetError(f"{where}: document {doc_id} is not in cran.all.1400")
+        if code in _CRANFIELD_NOT_RELEVANT:
+            continue
+        if code not in _CRANFIELD_GRADES:
+            raise DatasetError(f"{where}: relevance code {code} is not one of 1, 2, 3, 4, "
+                               f"5 or -1")
+        _add_judgment(qrels, str(query), doc_id, _CRANFIELD_GRADES[code], where)
     return qrels
 
 
@@ -302,20 +301,19 @@ def _read_smart(path: Path, allowed: str) -> Iterator[tuple[int, str, dict[str, 
 
 def _smart_records(path: Path) -> Iterator[tuple[int, str, list[tuple[int, str]]]]:
     record: tuple[int, str, list[tuple[int, str]]] | None = None
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            start = _RECORD.match(line)
-            if start:
-                if record is not None:
-                    yield record
-                if not start.group(1):
-                    raise DatasetError(f"{path}:{line_no}: expected '.I <id>', got '.I'")
-                record = (line_no, start.group(1), [])
-            elif record is not None:
-                record[2].append((line_no, line))
-            elif line.strip():
-                raise DatasetError(f"{path}:{line_no}: expected '.I <id>' to start a record, "
-                                   f"got {line.strip()!r}")
+    for line_no, line in utf8_lines(path, DatasetError):
+        start = _RECORD.match(line)
+        if start:
+            if record is not None:
+                yield record
+            if not start.group(1):
+                raise DatasetError(f"{path}:{line_no}: expected '.I <id>', got '.I'")
+            record = (line_no, start.group(1), [])
+        elif record is not None:
+            record[2].append((line_no, line))
+        elif line.strip():
+            raise DatasetError(f"{path}:{line_no}: expected '.I <id>' to start a record, "
+                               f"got {line.strip()!r}")
     if record is not None:
         yield record
 

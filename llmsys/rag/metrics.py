@@ -222,17 +222,27 @@ def read_trec_qrels(path: str | os.PathLike[str]) -> Qrels:
     return qrels
 
 
+def utf8_lines(path: str | os.PathLike[str], error: type[ValueError] = ValueError
+               ) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a UTF-8 text file; bytes that are not UTF-8 raise `error`
+    naming the file, not a bare UnicodeDecodeError."""
+    with Path(path).open(encoding="utf-8") as f:
+        try:
+            yield from enumerate(f, 1)
+        except UnicodeDecodeError as e:
+            raise error(f"{path}: not UTF-8 text ({e.reason}); save it as UTF-8") from None
+
+
 def _lines(path: str | os.PathLike[str], n_fields: int,
            expected: str) -> Iterator[tuple[str, list[str]]]:
-    with Path(path).open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != n_fields:
-                raise TrecFormatError(f"{path}:{line_no}: expected {expected} ({n_fields} "
-                                      f"fields), got {len(parts)} fields: {line.strip()!r}")
-            yield f"{path}:{line_no}", parts
+    for line_no, line in utf8_lines(path, TrecFormatError):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != n_fields:
+            raise TrecFormatError(f"{path}:{line_no}: expected {expected} ({n_fields} "
+                                  f"fields), got {len(parts)} fields: {line.strip()!r}")
+        yield f"{path}:{line_no}", parts
 
 
 def _number(kind: type[int] | type[float], text: str, what: str, where: str) -> int | float:

@@ -235,3 +235,13 @@ def test_split(cran: Collection) -> None:
 def test_split_errors(fraction: float) -> None:
     with pytest.raises(ValueError, match=f"split fraction {fraction!r}"):
         small().split(fraction)
+
+
+def test_a_beir_file_that_is_not_utf8_is_a_dataset_error(tmp_path) -> None:
+    from llmsys.rag.datasets import DatasetError, load_beir
+    (tmp_path / "qrels").mkdir()
+    (tmp_path / "corpus.jsonl").write_bytes(b'{"_id": "d1", "text": "caf\xe9"}\n')
+    (tmp_path / "queries.jsonl").write_text('{"_id": "q1", "text": "x"}\n')
+    (tmp_path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    with pytest.raises(DatasetError, match=r"corpus.jsonl: not UTF-8 text"):
+        load_beir(tmp_path)

@@ -245,3 +245,11 @@ def test_write_rejects_whitespace_ids(tmp_path: Path) -> None:
         write_trec_run({}, tmp_path / "run.txt", tag="")
     with pytest.raises(ValueError, match=r"query id 'q\\t1' cannot be written"):
         write_trec_qrels({"q\t1": {"d": 1}}, tmp_path / "qrels.txt")
+
+
+def test_a_file_that_is_not_utf8_names_the_file(tmp_path) -> None:
+    from llmsys.rag.metrics import TrecFormatError, read_trec_qrels
+    path = tmp_path / "qrels.txt"
+    path.write_bytes(b"q1 0 d1 1\nq1 0 caf\xe9 2\n")
+    with pytest.raises(TrecFormatError, match=r"qrels.txt: not UTF-8 text"):
+        read_trec_qrels(path)
