@@ -200,19 +200,21 @@ def store_of(retriever: Any, store: Store | None) -> Store | None:
 
 # ----------------------------------------------------------------------------- sources
 
-def _page(metadata: dict[str, Any]) -> int | None:
+def hit_page(metadata: dict[str, Any]) -> int | None:
+    """The PDF page in chunk metadata, if any."""
     page = metadata.get("page")
     return page if isinstance(page, int) and not isinstance(page, bool) else None
 
 
-def _headings(metadata: dict[str, Any]) -> tuple[str, ...]:
+def hit_headings(metadata: dict[str, Any]) -> tuple[str, ...]:
+    """The heading path in chunk metadata (empty when there is none)."""
     headings = metadata.get("headings")
     if isinstance(headings, list | tuple) and all(isinstance(h, str) for h in headings):
         return tuple(headings)
     return ()
 
 
-def _span(hit: Hit, use_windows: bool) -> tuple[str, int, int]:
+def shown_span(hit: Hit, use_windows: bool) -> tuple[str, int, int]:
     """The text shown for a hit and its offsets: the sentence window when there is one."""
     window, text = hit.metadata.get("window"), hit.metadata.get("window_text")
     if (use_windows and isinstance(text, str) and isinstance(window, list | tuple)
@@ -261,9 +263,10 @@ def select_sources(hits: Sequence[Hit], catalog: DocumentCatalog, max_chars: int
     used = 0
     for i, hit in enumerate(hits):
         title, where = catalog.describe(hit)
-        text, start, end = _span(hit, use_windows)
+        text, start, end = shown_span(hit, use_windows)
         source = Source(len(sources) + 1, hit.chunk_id, hit.doc_id, title, where, text, start,
-                        end, float(hit.score), _page(hit.metadata), _headings(hit.metadata))
+                        end, float(hit.score), hit_page(hit.metadata),
+                        hit_headings(hit.metadata))
         size = len(format_source(source)) + (2 if sources else 0)
         if used + size <= max_chars:
             sources.append(source)
@@ -375,7 +378,7 @@ class RAG:
         mode = getattr(self.retriever, "mode", None)
         names = {"dense": "the dense cosine similarity", "bm25": "the BM25 score",
                  "hybrid": "the fused hybrid score"}
-        return names.get(mode, f"the {type(self.retriever).__name__} score")
+        return names.get(mode, "the retrieval score")
 
     def retrieve(self, question: str, filter: dict[str, Any] | None = None) -> list[Hit]:
         """The final ranking: retrieved, reranked when there is a reranker, cut to `k`."""

@@ -50,10 +50,11 @@ model with one output (its logit is the relevance score) loaded from a local dir
 directory is checked when the reranker is made (config.json, weights and tokenizer files
 must be there); a model with more than one output, or a tokenizer without a vocabulary, is
 refused when loaded. Pairs (query, passage) are tokenized together, truncated to
-`max_length` tokens (or the tokenizer's own limit if smaller; the passage is cut first) and
-scored in padded batches of `batch_size`. The order is `retrieval.rescored`'s, as for
-`MaxSimReranker`: by logit (ties by chunk id), or with w > 0 the weighted fusion of the logit
-ranking (weight 1 - w) and the first-stage one (weight w).
+`max_length` tokens (or the tokenizer's own limit if smaller; the longer of query and
+passage is cut first) and scored in padded batches of `batch_size`. The order is
+`retrieval.rescored`'s, as for `MaxSimReranker`: by logit (ties by chunk id), or with
+w > 0 the weighted fusion of the logit ranking (weight 1 - w) and the first-stage one
+(weight w).
 
 Limits: the judge sends its requests one after the other and is not thread-safe (its
 counters); passage text goes into the prompt as is, so a passage can try to steer the judge

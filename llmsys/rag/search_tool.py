@@ -27,7 +27,14 @@ from __future__ import annotations
 from typing import Any
 
 from llmsys.agent.tools import Tool, tool
-from llmsys.rag.answer import DocumentCatalog, Searcher, store_of
+from llmsys.rag.answer import (
+    DocumentCatalog,
+    Searcher,
+    hit_headings,
+    hit_page,
+    shown_span,
+    store_of,
+)
 from llmsys.rag.checks import check_int
 from llmsys.rag.store import Hit, Store
 
@@ -41,14 +48,13 @@ NO_RESULTS = "No results found."
 def _passage(number: int, hit: Hit, catalog: DocumentCatalog, max_chars: int) -> str:
     title, source = catalog.describe(hit)
     where = [f"source: {source}"]
-    headings = hit.metadata.get("headings")
-    if isinstance(headings, list) and headings and all(isinstance(h, str) for h in headings):
+    headings, page = hit_headings(hit.metadata), hit_page(hit.metadata)
+    if headings:
         where.append(f"section: {' > '.join(headings)}")
-    page = hit.metadata.get("page")
-    if isinstance(page, int) and not isinstance(page, bool):
+    if page is not None:
         where.append(f"page {page}")
-    where.append(f"characters {hit.start}-{hit.end}")
-    text = hit.text
+    text, start, end = shown_span(hit, use_windows=True)  # a sentence window, as `answer`
+    where.append(f"characters {start}-{end}")
     if len(text) > max_chars:
         text = f"{text[:max_chars]}\n[... {len(text) - max_chars} more characters]"
     return f"[{number}] {title or hit.doc_id} ({'; '.join(where)})\n{text}"

@@ -315,9 +315,12 @@ def test_sentence_windows_are_shown_with_their_offsets(shared: ScriptedChatServe
         with shared.play([{"content": "Ada [1]."}]) as server:
             result = RAG(Retriever(store, mode="bm25"), model_for(server), k=1).answer(
                 "who fixed the pump quickly")
+        observation = rag_search_tool(Retriever(store, mode="bm25"), k=1).run(
+            {"query": "who fixed the pump quickly"})
     (s,) = result.sources
     assert s.text == "The pump broke on Monday. Ada fixed the pump quickly. Lunch was late."
     assert text[s.start:s.end] == s.text and result.citations[0].text == s.text
+    assert observation.endswith(f"characters {s.start}-{s.end})\n{s.text}")  # the same window
 
 
 # ----------------------------------------------------------------------------- errors
