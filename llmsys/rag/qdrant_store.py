@@ -295,8 +295,12 @@ class QdrantStore:
         self.client, self._owned = _open_client(client_or_location)
         try:
             self._open_collection(dim, avgdl)
-        except BaseException:
+        except BaseException as e:
             self.close()
+            from qdrant_client.http.exceptions import ApiException
+            if isinstance(e, ApiException):  # unreachable server, refused request
+                raise StoreError(f"Qdrant at {client_or_location!r} (collection "
+                                 f"{collection!r}): {e}") from None
             raise
 
     # -- lifecycle ------------------------------------------------------------------------

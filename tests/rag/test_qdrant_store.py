@@ -362,3 +362,8 @@ def test_bad_input_is_a_clear_error(tmp_path: Path, qstore: QdrantStore) -> None
         with pytest.raises(StoreError, match=r"expected \(\d+, 48\)"):
             bad.upsert(doc, chunks)
         assert bad.count() == 0 and bad.documents() == []
+
+
+def test_an_unreachable_server_is_a_store_error() -> None:
+    with pytest.raises(StoreError, match=r"Qdrant at 'http://127.0.0.1:9' \(collection 'c'\)"):
+        QdrantStore("http://127.0.0.1:9", "c", WordsEmbedder())
