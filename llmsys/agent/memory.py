@@ -118,11 +118,11 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _normalised_rows(vectors: Any, count: int, dim: int) -> np.ndarray:
+def _normalised_rows(vectors: Any, count: int) -> np.ndarray:
     array = np.asarray(vectors, dtype=np.float32)
-    if array.shape != (count, dim):
+    if array.ndim != 2 or len(array) != count:
         raise MemoryStoreError(f"embedder returned an array of shape {array.shape}; expected "
-                               f"({count}, {dim}): one row of length dim per text")
+                               f"({count}, dim): one row per text")
     norms = np.linalg.norm(array, axis=1, keepdims=True)
     return array / np.maximum(norms, 1e-12)
 
@@ -204,9 +204,6 @@ _SCHEMA = (
         op TEXT NOT NULL CHECK (op IN ('ADD', 'UPDATE', 'DELETE')),
         value TEXT, session_id TEXT, at REAL NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS fact_history_by_key ON fact_history (key, id)",
-    """CREATE TABLE IF NOT EXISTS embeddings (
-        model TEXT NOT NULL, sha256 TEXT NOT NULL, dim INTEGER NOT NULL, vector BLOB NOT NULL,
-        PRIMARY KEY (model, sha256))""",
     """CREATE TABLE IF NOT EXISTS notes (
         id INTEGER PRIMARY KEY, session_id TEXT REFERENCES sessions(id),
         text TEXT NOT NULL, sha256 TEXT NOT NULL, metadata TEXT NOT NULL,
@@ -474,7 +471,8 @@ class Memory:
             from llmsys.rag.embeddings import CachedEmbedder
 
             self._cache = CachedEmbedder(embedder, self.path)
-        return _normalised_rows(self._cache.embed(list(texts)), len(texts), embedder.dim)
+        # the rows' width comes from the cache: asking `embedder.dim` could call the model
+        return _normalised_rows(self._cache.embed(list(texts)), len(texts))
 
     # ------------------------------------------------------------------ notes
 

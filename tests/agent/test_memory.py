@@ -239,6 +239,35 @@ def test_embedding_cache_prevents_re_embedding(db: Path, minilm: MiniLMEmbedder)
     assert counting.texts == []
 
 
+class ProbingEmbedder:
+    """Counts texts embedded and reads of `dim` (an endpoint embedder learns its dim by
+    calling the model)."""
+
+    def __init__(self, inner: MiniLMEmbedder) -> None:
+        self.inner, self.name, self._dim = inner, inner.name, inner.dim
+        self.texts: list[str] = []
+        self.dim_reads = 0
+
+    @property
+    def dim(self) -> int:
+        self.dim_reads += 1
+        return self._dim
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        self.texts.extend(texts)
+        return self.inner.embed(texts)
+
+
+def test_a_fully_cached_search_never_asks_the_embedder(db: Path, minilm: MiniLMEmbedder) -> None:
+    with Memory(db, embedder=CountingEmbedder(minilm)) as memory:
+        memory.add_note("The user is allergic to peanuts.")
+        memory.search_notes("food allergy")
+    probing = ProbingEmbedder(minilm)
+    with Memory(db, embedder=probing) as memory:  # a restart, everything cached
+        assert memory.search_notes("food allergy", k=1)[0].text.startswith("The user")
+    assert probing.texts == [] and probing.dim_reads == 0
+
+
 def test_search_needs_an_embedder_and_a_good_k(db: Path) -> None:
     with Memory(db) as memory:
         memory.add_note("stored without a vector; embedded when first searched")
