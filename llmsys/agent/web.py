@@ -147,7 +147,8 @@ def check_url(url: str) -> httpx.URL:
         scheme = f"scheme {parsed.scheme!r}" if parsed.scheme else "no scheme"
         raise FetchError(f"unsupported URL {url!r}: {scheme}; only http:// and https:// "
                          "URLs can be fetched")
-    if not re.fullmatch(r"[a-z0-9._:-]+", parsed.host):
+    host = parsed.raw_host.decode("ascii", errors="replace").lower()  # IDNA: xn--... form
+    if not re.fullmatch(r"[a-z0-9._:-]+", host):
         raise FetchError(f"malformed URL {url!r}: missing or invalid host {parsed.host!r}")
     if parsed.port is not None and not 0 < parsed.port < 65536:
         raise FetchError(f"malformed URL {url!r}: port {parsed.port} is not in 1..65535")

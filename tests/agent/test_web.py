@@ -393,6 +393,12 @@ def test_bad_urls_are_refused(url: str, message: str) -> None:
         fetch(url)
 
 
+def test_internationalised_host_names_are_accepted() -> None:
+    from llmsys.agent.web import check_url
+    assert check_url("http://bücher.de/x").raw_host == b"xn--bcher-kva.de"
+    assert check_url("http://[::1]:8080/").port == 8080
+
+
 @pytest.mark.parametrize("address, public", [
     ("93.184.216.34", True), ("8.8.8.8", True), ("2606:4700:4700::1111", True),
     ("127.0.0.1", False), ("10.1.2.3", False), ("172.16.0.1", False), ("192.168.1.1", False),
