@@ -117,7 +117,6 @@ class RotaryEmbedding(nn.Module):
         return cos.to(dtype)[:, :, None], sin.to(dtype)[:, :, None]
 
 
-
 class Rotary(nn.Module):
     """Rotates the queries and keys of an attention layer (a module, so that it can be swapped
     from outside, as `kernels.cpu_modules` does for decoding)."""
