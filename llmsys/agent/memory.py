@@ -763,8 +763,12 @@ def memory_tools(memory: Memory, session_id: str | None = None) -> list[Tool]:
             value: The fact itself, e.g. "Lisbon".
         """
         def act() -> str:
-            op = "UPDATE" if memory.get_fact(key) is not None else "ADD"
-            return str(memory.apply(op, key, value, session_id))
+            if memory.get_fact(key) is None:
+                try:
+                    return str(memory.apply("ADD", key, value, session_id))
+                except MemoryStoreError:  # a parallel call added it meanwhile: update it
+                    pass
+            return str(memory.apply("UPDATE", key, value, session_id))
         return _attempt(act)
 
     @tool

@@ -592,6 +592,17 @@ def test_memory_tools_schemas_and_end_to_end(db: Path, minilm: MiniLMEmbedder) -
         assert memory.fact_history("user city")[0].op == "ADD"
 
 
+def test_remember_fact_racing_a_parallel_add_updates(db: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    with Memory(db) as memory:
+        remember = {t.name: t for t in memory_tools(memory)}["remember_fact"]
+        memory.add_fact("city", "Porto")                   # added by a parallel call ...
+        monkeypatch.setattr(memory, "get_fact", lambda key: None)  # ... after our check
+        result = remember.run({"key": "city", "value": "Lisbon"})
+        assert not result.startswith("Error") and memory.facts() == {"city": "Lisbon"}
+        assert [e.op for e in memory.fact_history("city")] == ["ADD", "UPDATE"]
+
+
 def test_tools_report_a_missing_embedder_as_text(db: Path) -> None:
     with Memory(db) as memory:
         tools = {t.name: t for t in memory_tools(memory)}
