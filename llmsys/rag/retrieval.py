@@ -198,13 +198,23 @@ class Retriever:
         if m is not None and (isinstance(m, bool) or not isinstance(m, int | float)
                               or not 0.0 <= m <= 1.0):
             raise ValueError(f"mmr_lambda must be a number in [0, 1] or None, got {m!r}")
+        needs = []  # what RM3, Rocchio and MMR read from the store beyond the two searches
+        if self.feedback is not None or m is not None:
+            needs = ["embed", "vectors", "search_dense_vector", "term_counts",
+                     "search_bm25_terms"]
+        missing = [name for name in needs if not callable(getattr(self.store, name, None))]
+        if missing:
+            raise ValueError(f"{type(self.store).__name__} lacks {', '.join(missing)}: use the "
+                             "SQLite Store for feedback and MMR, or leave them off")
 
     def search(self, query: str, k: int, filter: dict[str, Any] | None = None) -> list[Hit]:
         """The top k chunks for `query` (restricted by `filter`, as in `Store`); with
         `mmr_lambda`, k picked by MMR from the top `candidates` of the ranking."""
         check_int("k", k, 1)
-        vector = self.store.embed([query])[0] if self.mode != "bm25" or self.mmr_lambda \
-            is not None else None   # embedded once, for the dense side and for MMR
+        dense_feedback = self.feedback is not None and self.feedback.dense
+        vector = None  # embedded once when both the dense side and MMR (or Rocchio) need it
+        if self.mmr_lambda is not None or (self.mode != "bm25" and dense_feedback):
+            vector = self.store.embed([query])[0]
         if self.mmr_lambda is None:
             return self._ranked(query, vector, k, filter)
         hits = self._ranked(query, vector, max(k, self.candidates), filter)
@@ -217,12 +227,11 @@ class Retriever:
                 filter: dict[str, Any] | None) -> list[Hit]:
         if self.mode == "bm25":
             return self.search_bm25(query, k, filter)
-        assert vector is not None
         if self.mode == "dense":
-            return self._dense(vector, k, filter)
+            return self._dense(query, vector, k, filter)
         depth = max(k, self.candidates)
         return self.fuse(self.search_bm25(query, depth, filter),
-                         self._dense(vector, depth, filter), k)
+                         self._dense(query, vector, depth, filter), k)
 
     def search_bm25(self, query: str, k: int, filter: dict[str, Any] | None = None
                     ) -> list[Hit]:
@@ -240,12 +249,18 @@ class Retriever:
                      ) -> list[Hit]:
         """Dense search, from a Rocchio-moved query vector when `feedback` asks for it."""
         check_int("k", k, 1)
-        return self._dense(self.store.embed([query])[0], k, filter)
+        return self._dense(query, None, k, filter)
 
-    def _dense(self, vector: np.ndarray, k: int, filter: dict[str, Any] | None) -> list[Hit]:
+    def _dense(self, query: str, vector: np.ndarray | None, k: int,
+               filter: dict[str, Any] | None) -> list[Hit]:
+        """Dense search from `vector` if the query was embedded already, else from `query`."""
         fb = self.feedback
         if fb is None or not fb.dense:
+            if vector is None:
+                return self.store.search_dense(query, k, filter)
             return self.store.search_dense_vector(vector, k, filter)
+        if vector is None:
+            vector = self.store.embed([query])[0]
         first = self.store.search_dense_vector(vector, fb.dense_docs, filter)
         moved = rocchio(vector, self.store.vectors([h.chunk_id for h in first]),
                         fb.dense_weight)

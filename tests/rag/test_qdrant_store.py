@@ -367,3 +367,13 @@ def test_bad_input_is_a_clear_error(tmp_path: Path, qstore: QdrantStore) -> None
 def test_an_unreachable_server_is_a_store_error() -> None:
     with pytest.raises(StoreError, match=r"Qdrant at 'http://127.0.0.1:9' \(collection 'c'\)"):
         QdrantStore("http://127.0.0.1:9", "c", WordsEmbedder())
+
+
+def test_feedback_and_mmr_need_the_sqlite_store() -> None:
+    from llmsys.rag.feedback import Feedback
+    with QdrantStore(":memory:", "docs", WordsEmbedder()) as q:
+        Retriever(q, "hybrid")                            # plain hybrid search works
+        with pytest.raises(ValueError, match="QdrantStore lacks embed, vectors"):
+            Retriever(q, "hybrid", feedback=Feedback())
+        with pytest.raises(ValueError, match="use the SQLite Store for feedback and MMR"):
+            Retriever(q, "dense", mmr_lambda=0.5)
