@@ -459,8 +459,8 @@ def _citation(s: Source) -> Citation:
 def answer(question: str, retriever: Searcher, model: ChatModel, *, k: int = 5,
            min_score: float | None = None, max_context_chars: int = 12_000,
            reranker: Reranker | None = None, filter: dict[str, Any] | None = None,
-           store: Store | None = None) -> Answer:
+           store: Store | None = None, min_similarity: float | None = None) -> Answer:
     """One grounded answer: `RAG(retriever, model, ...).answer(question, filter)`."""
     rag = RAG(retriever, model, k=k, min_score=min_score, max_context_chars=max_context_chars,
-              reranker=reranker, store=store)
+              reranker=reranker, store=store, min_similarity=min_similarity)
     return rag.answer(question, filter)

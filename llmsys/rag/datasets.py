@@ -143,6 +143,10 @@ def write_beir(collection: Collection, directory: str | Path, split: str = "test
 
     `load_beir` gives the collection back, minus queries that have no judgments.
     """
+    for query_id, judgments in collection.qrels.items():  # before any file is touched
+        _check_tsv_id(query_id, "query")
+        for doc_id in judgments:
+            _check_tsv_id(doc_id, "document")
     directory = Path(directory)
     (directory / "qrels").mkdir(parents=True, exist_ok=True)
     with (directory / "corpus.jsonl").open("w", encoding="utf-8") as f:
@@ -156,8 +160,6 @@ def write_beir(collection: Collection, directory: str | Path, split: str = "test
         f.write("query-id\tcorpus-id\tscore\n")
         for query_id, judgments in collection.qrels.items():
             for doc_id, grade in judgments.items():
-                _check_tsv_id(query_id, "query")
-                _check_tsv_id(doc_id, "document")
                 f.write(f"{query_id}\t{doc_id}\t{int(grade)}\n")
     return directory
 

@@ -204,6 +204,7 @@ def test_write_beir_rejects_tab_in_id(tmp_path: Path) -> None:
     c = Collection("c", [], [Query("q\t1", "x")], {"q\t1": {"d": 1}})
     with pytest.raises(DatasetError, match=r"query id 'q\\t1' cannot be written"):
         write_beir(c, tmp_path)
+    assert list(tmp_path.iterdir()) == []           # nothing half-written
 
 
 def test_written_corpus_is_plain_beir(tmp_path: Path) -> None:
