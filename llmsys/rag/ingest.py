@@ -118,10 +118,12 @@ def ingest_documents(store: Store, documents: Iterable[SourceDocument], chunker:
         raise ValueError(f"batch_chunks must be an int >= 1, got {batch_chunks!r}")
     if not callable(getattr(chunker, "split", None)):
         raise TypeError(f"chunker must have a split(text) method, got {type(chunker).__name__}")
+    from tqdm import tqdm
+
     report = IngestReport()
-    bar = _progress_bar(progress)
     started = time.perf_counter()
-    try:
+    with tqdm(desc="ingest", unit="doc", file=sys.stderr, leave=False,
+              disable=not progress) as bar:
         for group in _groups(documents, chunker, batch_chunks):
             vectors = _embed_new(store, group)
             for document, chunks in group:
@@ -133,13 +135,9 @@ def ingest_documents(store: Store, documents: Iterable[SourceDocument], chunker:
                 report.chunks_added += result.added
                 report.chunks_removed += result.removed
             report.seconds = time.perf_counter() - started
-            if bar is not None:
-                bar.update(len(group))
-                bar.set_postfix(chunks=report.chunks_added,
-                                chunks_per_s=f"{report.chunks_per_s:.0f}")
-    finally:
-        if bar is not None:
-            bar.close()
+            bar.update(len(group))
+            bar.set_postfix(chunks=report.chunks_added,
+                            chunks_per_s=f"{report.chunks_per_s:.0f}")
     report.seconds = time.perf_counter() - started
     return report
 
@@ -193,10 +191,3 @@ def _prune(store: Store, sources: list[str], seen: set[str]) -> tuple[int, int]:
 def _under(source: str, roots: list[str]) -> bool:
     return any(source == root or source.startswith(root.rstrip(os.sep) + os.sep)
                for root in roots)
-
-
-def _progress_bar(enabled: bool) -> Any:
-    if not enabled:
-        return None
-    from tqdm import tqdm
-    return tqdm(desc="ingest", unit="doc", file=sys.stderr, leave=False)
