@@ -26,7 +26,8 @@ Steps of `RAG.answer(question, filter=None)`:
    whose scores are not comparable across questions. For all-MiniLM-L6-v2 about 0.3 works
    (the CLI's default): over the Cranfield abstracts, the best chunk of each of the 225
    queries has cosine >= 0.33 (median 0.68), while 11 of 12 off-topic questions (recipes,
-   sports, films, ...) stay at or below 0.20 (one reached 0.32). The score `min_score`
+   sports, films, ...) stay at or below 0.21 (one reached 0.32);
+   `python benchmarks/rag_relevance_gate.py --cranfield DIR` measures it. The score `min_score`
    compares is `Hit.score` of the final ranking: the reranker's score when there is a
    reranker, else the retriever's -- cosine similarity for dense search, BM25 for lexical
    search, the fused score for hybrid search (RRF scores are about 1/60, so a cosine
