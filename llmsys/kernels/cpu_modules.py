@@ -10,7 +10,8 @@ stays plain; `use_cpu_kernels(model)` changes it from outside).
 - `CpuRotary` and `CpuMLP`: the rotary embedding of q and k, and SwiGLU's silu(gate) * up,
   each one C++ call instead of eight and three PyTorch operations for decode-sized inputs,
   rounded as those operations are. At decode a layer is a handful of matmuls and many tiny
-  operations, whose dispatch cost adds up to a third of a step for a 100M-parameter model.
+  operations whose dispatch cost adds up (the effect on a whole step is measured by
+  `benchmarks/decode.py`; see docs/benchmarks.md).
 """
 
 from __future__ import annotations
